@@ -1,0 +1,369 @@
+//! Namespace `/`: chat broadcast and rooms.
+//!
+//! Events: `chat-message` (any JSON, broadcast to the whole namespace, sender included),
+//! `join-room` (room name), `leave-room` (room name), `room-message` (`{room, text}`).
+//! The node emits `user-joined` / `user-left` (`{userId, room}`) to the other members,
+//! `room-message` (`{id, room, sender, text, timestamp}`) to the room, `presence`
+//! (`{userId, room, online}`) when a user's first socket joins or last socket leaves a room,
+//! `rooms-restored` (`{rooms}`) right after connect, and `error` for refused events sent
+//! without an ack.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+use socketioxide::{ParserError, SocketIo};
+
+use sio_redis_adapter::{Membership, SocketEntry};
+
+use crate::connect::{self, ConnectRefused};
+use crate::events::{self, Ev};
+use crate::session::SocketSession;
+use crate::state::NodeState;
+use crate::validate;
+
+/// Path of the chat namespace.
+pub const NAMESPACE: &str = "/";
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberEvent<'a> {
+    user_id: &'a str,
+    room: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceEvent<'a> {
+    user_id: &'a str,
+    room: &'a str,
+    online: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomMessage<'a> {
+    id: String,
+    room: &'a str,
+    sender: &'a str,
+    text: &'a str,
+    timestamp: String,
+}
+
+/// RFC 3339 time with milliseconds, as JavaScript's `toISOString()` writes it.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Connect middleware: authenticates, registers the handlers and re-joins the user's rooms
+/// before the client sees its CONNECT, so no event it sends afterwards can be missed.
+pub async fn middleware<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<Arc<NodeState>>,
+    TryData(auth): TryData<serde_json::Value>,
+) -> Result<(), ConnectRefused> {
+    let session = connect::admit(&node, &socket, auth.ok().as_ref())?;
+    let user = session.user.as_str().to_owned();
+    let rooms = connect::with_retries(|| node.store.user_rooms(&user))
+        .await
+        .map_err(|e| ConnectRefused::Unavailable(e.to_string()))?;
+
+    events::on(
+        &socket,
+        &io,
+        &node,
+        &session,
+        "chat-message",
+        chat_message::<A>,
+    );
+    events::on(&socket, &io, &node, &session, "join-room", join_room::<A>);
+    events::on(&socket, &io, &node, &session, "leave-room", leave_room::<A>);
+    events::on(
+        &socket,
+        &io,
+        &node,
+        &session,
+        "room-message",
+        room_message::<A>,
+    );
+    socket.on_disconnect(on_disconnect::<A>);
+
+    for room in &rooms {
+        socket.join(room.clone());
+        session.add_room(room);
+    }
+    session.queue.push_always(after_connect(
+        socket.clone(),
+        io,
+        node,
+        session.clone(),
+        rooms,
+    ));
+    socket.extensions.insert(session);
+    Ok(())
+}
+
+/// Connect handler: lets the queued events run.
+pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(node): State<Arc<NodeState>>) {
+    connect::connected(&node, &socket);
+}
+
+async fn after_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    node: Arc<NodeState>,
+    session: Arc<SocketSession>,
+    rooms: Vec<String>,
+) {
+    let user = session.user.as_str();
+    let _ = socket.emit("rooms-restored", &serde_json::json!({ "rooms": rooms }));
+    node.metrics
+        .events_sent
+        .with_label_values(&[NAMESPACE])
+        .inc();
+    let entry = SocketEntry {
+        sid: socket.id.to_string(),
+        node: node.node_id.clone(),
+        ns: NAMESPACE.to_owned(),
+    };
+    if let Err(e) = node.store.add_socket(user, &entry).await {
+        tracing::warn!(user, "could not record socket: {e}");
+    }
+    for room in &rooms {
+        presence_join(&io, &node, &socket, user, room).await;
+    }
+}
+
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    reason: DisconnectReason,
+    State(node): State<Arc<NodeState>>,
+) {
+    connect::disconnected(&node, &socket, reason);
+    let Some(session) = connect::session(&socket) else {
+        return;
+    };
+    let s = session.clone();
+    session.queue.push_always(async move {
+        let user = s.user.as_str();
+        let sid = socket.id.to_string();
+        for room in s.take_rooms() {
+            let m = Membership {
+                room: room.clone(),
+                user: user.to_owned(),
+                sid: sid.clone(),
+            };
+            match node.store.presence_leave(&m).await {
+                Ok(true) => emit_presence(&io, &node, user, &room, false).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(user, room, "presence not updated on disconnect: {e}"),
+            }
+        }
+        let entry = SocketEntry {
+            sid,
+            node: node.node_id.clone(),
+            ns: NAMESPACE.to_owned(),
+        };
+        if let Err(e) = node.store.remove_socket(user, &entry).await {
+            tracing::warn!(user, "could not forget socket: {e}");
+        }
+    });
+    session.queue.start();
+}
+
+async fn presence_join<A: Adapter>(
+    io: &SocketIo<A>,
+    node: &NodeState,
+    socket: &SocketRef<A>,
+    user: &str,
+    room: &str,
+) {
+    let m = Membership {
+        room: room.to_owned(),
+        user: user.to_owned(),
+        sid: socket.id.to_string(),
+    };
+    match node.store.presence_join(&m).await {
+        Ok(true) => emit_presence(io, node, user, room, true).await,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(user, room, "presence not updated on join: {e}"),
+    }
+}
+
+/// Emits `presence` to every member of `room` on every node.
+pub async fn emit_presence<A: Adapter>(
+    io: &SocketIo<A>,
+    node: &NodeState,
+    user: &str,
+    room: &str,
+    online: bool,
+) {
+    let body = PresenceEvent {
+        user_id: user,
+        room,
+        online,
+    };
+    match io.to(room.to_owned()).emit("presence", &body).await {
+        Ok(()) => node
+            .metrics
+            .events_sent
+            .with_label_values(&[NAMESPACE])
+            .inc(),
+        Err(e) => tracing::warn!(room, "presence not broadcast: {e}"),
+    }
+}
+
+async fn chat_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
+    let data = match data {
+        Ok(d) => d,
+        Err(e) => {
+            return ev.fail(
+                "invalid_payload",
+                format!("chat-message needs a JSON argument: {e}"),
+            );
+        }
+    };
+    match ev.io.emit("chat-message", &data).await {
+        Ok(()) => {
+            ev.node
+                .metrics
+                .events_sent
+                .with_label_values(&[NAMESPACE])
+                .inc();
+            ev.reply(&serde_json::json!({ "ok": true }));
+        }
+        Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
+    }
+}
+
+async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
+    let room = match data
+        .map_err(|e| e.to_string())
+        .and_then(|v| validate::room(&v).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => return ev.fail("invalid_room", format!("join-room needs a room name: {e}")),
+    };
+    let user = ev.session.user.as_str().to_owned();
+    if ev.session.in_room(&room) {
+        return ev.reply(&serde_json::json!({ "ok": true, "room": room }));
+    }
+    if let Err(e) = ev.node.store.add_user_room(&user, &room).await {
+        return ev.fail("unavailable", format!("could not join {room:?}: {e}"));
+    }
+    ev.socket.join(room.clone());
+    ev.session.add_room(&room);
+    let joined = MemberEvent {
+        user_id: &user,
+        room: &room,
+    };
+    if let Err(e) = ev
+        .socket
+        .to(room.clone())
+        .emit("user-joined", &joined)
+        .await
+    {
+        tracing::warn!(room, "user-joined not broadcast: {e}");
+    } else {
+        ev.node
+            .metrics
+            .events_sent
+            .with_label_values(&[NAMESPACE])
+            .inc();
+    }
+    presence_join(&ev.io, &ev.node, &ev.socket, &user, &room).await;
+    ev.reply(&serde_json::json!({ "ok": true, "room": room }));
+}
+
+async fn leave_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
+    let room = match data
+        .map_err(|e| e.to_string())
+        .and_then(|v| validate::room(&v).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => return ev.fail("invalid_room", format!("leave-room needs a room name: {e}")),
+    };
+    if !ev.session.in_room(&room) {
+        return ev.fail("not_in_room", format!("not a member of room {room:?}"));
+    }
+    let user = ev.session.user.as_str().to_owned();
+    if let Err(e) = ev.node.store.remove_user_room(&user, &room).await {
+        return ev.fail("unavailable", format!("could not leave {room:?}: {e}"));
+    }
+    ev.socket.leave(room.clone());
+    ev.session.remove_room(&room);
+    let left = MemberEvent {
+        user_id: &user,
+        room: &room,
+    };
+    if let Err(e) = ev.socket.to(room.clone()).emit("user-left", &left).await {
+        tracing::warn!(room, "user-left not broadcast: {e}");
+    } else {
+        ev.node
+            .metrics
+            .events_sent
+            .with_label_values(&[NAMESPACE])
+            .inc();
+    }
+    let m = Membership {
+        room: room.clone(),
+        user: user.clone(),
+        sid: ev.socket.id.to_string(),
+    };
+    match ev.node.store.presence_leave(&m).await {
+        Ok(true) => emit_presence(&ev.io, &ev.node, &user, &room, false).await,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(user, room, "presence not updated on leave: {e}"),
+    }
+    ev.reply(&serde_json::json!({ "ok": true, "room": room }));
+}
+
+async fn room_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
+    let data = match data {
+        Ok(serde_json::Value::Object(o)) => o,
+        Ok(_) | Err(_) => {
+            return ev.fail(
+                "invalid_payload",
+                "room-message needs an object {room, text}",
+            );
+        }
+    };
+    let null = serde_json::Value::Null;
+    let room = match validate::room(data.get("room").unwrap_or(&null)) {
+        Ok(r) => r,
+        Err(e) => return ev.fail(e.code(), e.to_string()),
+    };
+    let text = match validate::text(data.get("text").unwrap_or(&null)) {
+        Ok(t) => t,
+        Err(e) => return ev.fail(e.code(), e.to_string()),
+    };
+    if !ev.session.in_room(&room) {
+        return ev.fail(
+            "not_in_room",
+            format!("join room {room:?} before sending to it"),
+        );
+    }
+    let msg = RoomMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        room: &room,
+        sender: ev.session.user.as_str(),
+        text: &text,
+        timestamp: timestamp(),
+    };
+    match ev.io.to(room.clone()).emit("room-message", &msg).await {
+        Ok(()) => {
+            ev.node
+                .metrics
+                .events_sent
+                .with_label_values(&[NAMESPACE])
+                .inc();
+            let id = msg.id.clone();
+            ev.reply(&serde_json::json!({ "id": id }));
+        }
+        Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
+    }
+}

@@ -1,0 +1,379 @@
+//! Command-line and environment configuration of a node: one typed struct.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default address to listen on.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3000";
+/// Default Engine.IO ping interval (Socket.IO's own default).
+pub const DEFAULT_PING_INTERVAL: &str = "25s";
+/// Default Engine.IO ping timeout (Socket.IO's own default).
+pub const DEFAULT_PING_TIMEOUT: &str = "20s";
+/// Default time a client has to connect to a namespace after the handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "45s";
+/// Default largest accepted payload in bytes (Socket.IO's `maxHttpBufferSize`).
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
+/// Default time given to a clean shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Default prefix of every Redis key and channel.
+pub const DEFAULT_REDIS_PREFIX: &str = "sio";
+/// Default sockets disconnected per drain batch.
+pub const DEFAULT_DRAIN_BATCH: usize = 50;
+/// Default pause between drain batches.
+pub const DEFAULT_DRAIN_INTERVAL: &str = "100ms";
+/// Default notifications kept per user.
+pub const DEFAULT_NOTIFICATION_MAXLEN: usize = 1000;
+/// Default lease of registry entries, user sockets and presence.
+pub const DEFAULT_LEASE_TTL: &str = "15s";
+/// Default period of `cluster-stats` on `/dashboard`.
+pub const DEFAULT_DASHBOARD_INTERVAL: &str = "2s";
+/// Default packets buffered per socket before emits fail.
+pub const DEFAULT_MAX_BUFFER_SIZE: usize = 128;
+/// Default WebSocket read buffer per connection, bytes.
+pub const DEFAULT_WS_READ_BUFFER: usize = 4096;
+
+/// How clients authenticate on connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// `handshake.auth.token` must be an HS256 JWT signed with `--jwt-secret`; `sub` is the user id.
+    Jwt,
+    /// Development only: `handshake.auth.userId` is trusted as is.
+    None,
+}
+
+/// A transport clients may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// HTTP long-polling.
+    Polling,
+    /// WebSocket.
+    Websocket,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Configuration of a sio-node. Every flag also reads an `SIO_*` environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sio-node",
+    version,
+    about = "Stateless Socket.IO node of sio-cluster"
+)]
+pub struct Config {
+    /// Address to serve Socket.IO (`/socket.io/`) and the HTTP routes on.
+    #[arg(long, env = "SIO_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Node id shown in metrics, stats and the registry [default: host name, else random].
+    #[arg(long, env = "SIO_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Address proxies use to reach this node (`host:port`) [default: the listen address,
+    /// with 127.0.0.1 in place of an unspecified IP].
+    #[arg(long, env = "SIO_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Redis URL (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`); without it
+    /// the node runs standalone with socketioxide's local adapter and in-memory state.
+    #[arg(long, env = "SIO_REDIS_URL")]
+    pub redis_url: Option<url::Url>,
+
+    /// Prefix of every Redis key and channel this node uses.
+    #[arg(long, env = "SIO_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+
+    /// How clients authenticate on connect.
+    #[arg(long, env = "SIO_AUTH", value_enum, default_value_t = AuthMode::Jwt)]
+    pub auth: AuthMode,
+
+    /// HS256 secret JWTs are checked against (required with `--auth jwt`).
+    #[arg(long, env = "SIO_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Bearer key guarding `/api/*`; without it the API answers 503.
+    #[arg(long, env = "SIO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Origins allowed cross-origin (repeatable or comma-separated); `*` allows any.
+    #[arg(long, env = "SIO_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
+    /// Engine.IO ping interval.
+    #[arg(long, env = "SIO_PING_INTERVAL", value_parser = humantime::parse_duration, default_value = DEFAULT_PING_INTERVAL)]
+    pub ping_interval: Duration,
+
+    /// Engine.IO ping timeout.
+    #[arg(long, env = "SIO_PING_TIMEOUT", value_parser = humantime::parse_duration, default_value = DEFAULT_PING_TIMEOUT)]
+    pub ping_timeout: Duration,
+
+    /// Time a client has to connect to a namespace after the Engine.IO handshake.
+    #[arg(long, env = "SIO_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = DEFAULT_CONNECT_TIMEOUT)]
+    pub connect_timeout: Duration,
+
+    /// Largest payload accepted, in bytes: a polling request body, a WebSocket message or an
+    /// HTTP API body.
+    #[arg(long, env = "SIO_MAX_PAYLOAD", default_value_t = DEFAULT_MAX_PAYLOAD)]
+    pub max_payload: u64,
+
+    /// Transports clients may use (comma-separated).
+    #[arg(long, env = "SIO_TRANSPORTS", value_enum, value_delimiter = ',', default_values_t = [Transport::Polling, Transport::Websocket])]
+    pub transports: Vec<Transport>,
+
+    /// Packets buffered per socket before emits to it fail (slow-client protection).
+    #[arg(long, env = "SIO_MAX_BUFFER_SIZE", default_value_t = DEFAULT_MAX_BUFFER_SIZE)]
+    pub max_buffer_size: usize,
+
+    /// WebSocket read buffer per connection, in bytes.
+    #[arg(long, env = "SIO_WS_READ_BUFFER", default_value_t = DEFAULT_WS_READ_BUFFER)]
+    pub ws_read_buffer: usize,
+
+    /// Time a clean shutdown may take (drain included) before the node exits anyway.
+    #[arg(long, env = "SIO_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = DEFAULT_SHUTDOWN_GRACE)]
+    pub shutdown_grace: Duration,
+
+    /// Sockets disconnected per batch while draining.
+    #[arg(long, env = "SIO_DRAIN_BATCH", default_value_t = DEFAULT_DRAIN_BATCH)]
+    pub drain_batch: usize,
+
+    /// Pause between drain batches (a random jitter of up to half of it is added).
+    #[arg(long, env = "SIO_DRAIN_INTERVAL", value_parser = humantime::parse_duration, default_value = DEFAULT_DRAIN_INTERVAL)]
+    pub drain_interval: Duration,
+
+    /// Notifications kept per user for offline delivery (Redis `MAXLEN ~`).
+    #[arg(long, env = "SIO_NOTIFICATION_MAXLEN", default_value_t = DEFAULT_NOTIFICATION_MAXLEN)]
+    pub notification_maxlen: usize,
+
+    /// Lease of this node's registry entry, user sockets and presence; renewed every third of it.
+    #[arg(long, env = "SIO_LEASE_TTL", value_parser = humantime::parse_duration, default_value = DEFAULT_LEASE_TTL)]
+    pub lease_ttl: Duration,
+
+    /// Period of `cluster-stats` events on `/dashboard`.
+    #[arg(long, env = "SIO_DASHBOARD_INTERVAL", value_parser = humantime::parse_duration, default_value = DEFAULT_DASHBOARD_INTERVAL)]
+    pub dashboard_interval: Duration,
+
+    /// Log format.
+    #[arg(long, env = "SIO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Serve the protocol conformance server instead of the application (see CONFORMANCE.md):
+    /// `/socket.io/` with namespaces `/` and `/custom`, and an Engine.IO echo on `/engine.io/`.
+    #[arg(long, env = "SIO_CONFORMANCE")]
+    pub conformance: bool,
+}
+
+/// A configuration that cannot work, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--auth jwt` without a secret.
+    #[error(
+        "--auth jwt needs a secret: set --jwt-secret or SIO_JWT_SECRET (or use --auth none for development)"
+    )]
+    MissingJwtSecret,
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// No transport left.
+    #[error("--transports needs at least one of polling, websocket")]
+    NoTransport,
+    /// Payload limit too small for any packet.
+    #[error("--max-payload must be at least 1024 bytes (got {0})")]
+    PayloadTooSmall(u64),
+    /// A count that must be positive is zero.
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
+    /// The node id contains characters that would break keys, labels or logs.
+    #[error(
+        "--node-id may only contain letters, digits, '-', '_' and '.' (1 to 64 of them); got {0:?}"
+    )]
+    BadNodeId(String),
+    /// The Redis URL scheme is not understood.
+    #[error(
+        "--redis-url must start with redis://, rediss://, redis-cluster://, rediss-cluster://, redis-sentinel:// or rediss-sentinel:// (got {0})"
+    )]
+    BadRedisScheme(String),
+    /// An empty or malformed key prefix.
+    #[error("--redis-prefix must be 1 to 64 characters without spaces or braces (got {0:?})")]
+    BadPrefix(String),
+    /// The lease is too short for the heartbeat to keep it.
+    #[error("--lease-ttl must be at least 3s (got {0:?})")]
+    LeaseTooShort(Duration),
+    /// A CORS origin that is not `*` nor an origin.
+    #[error("--cors-origin {0:?} is not `*` nor an origin like https://app.example.com")]
+    BadOrigin(String),
+}
+
+impl Config {
+    /// Checks combinations clap cannot check; the message says what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth == AuthMode::Jwt && self.jwt_secret.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::MissingJwtSecret);
+        }
+        for (name, d) in [
+            ("--ping-interval", self.ping_interval),
+            ("--ping-timeout", self.ping_timeout),
+            ("--connect-timeout", self.connect_timeout),
+            ("--shutdown-grace", self.shutdown_grace),
+            ("--dashboard-interval", self.dashboard_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.transports.is_empty() {
+            return Err(ConfigError::NoTransport);
+        }
+        if self.max_payload < 1024 {
+            return Err(ConfigError::PayloadTooSmall(self.max_payload));
+        }
+        for (name, n) in [
+            ("--drain-batch", self.drain_batch),
+            ("--notification-maxlen", self.notification_maxlen),
+            ("--max-buffer-size", self.max_buffer_size),
+            ("--ws-read-buffer", self.ws_read_buffer),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        if let Some(id) = &self.node_id
+            && !valid_node_id(id)
+        {
+            return Err(ConfigError::BadNodeId(id.clone()));
+        }
+        if let Some(url) = &self.redis_url {
+            let ok = [
+                "redis",
+                "rediss",
+                "redis-cluster",
+                "rediss-cluster",
+                "redis-sentinel",
+                "rediss-sentinel",
+            ]
+            .contains(&url.scheme());
+            if !ok {
+                return Err(ConfigError::BadRedisScheme(url.scheme().to_owned()));
+            }
+        }
+        let p = &self.redis_prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || p.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(ConfigError::BadPrefix(p.clone()));
+        }
+        if self.lease_ttl < Duration::from_secs(3) {
+            return Err(ConfigError::LeaseTooShort(self.lease_ttl));
+        }
+        for origin in &self.cors_origin {
+            if origin != "*" && origin.parse::<axum::http::HeaderValue>().is_err()
+                || origin != "*"
+                    && !(origin.starts_with("http://") || origin.starts_with("https://"))
+            {
+                return Err(ConfigError::BadOrigin(origin.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id: the configured one, else the host name, else a random one.
+    pub fn resolved_node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| valid_node_id(h))
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()))
+    }
+
+    /// The address proxies should use to reach this node.
+    pub fn resolved_advertise_addr(&self, bound: SocketAddr) -> String {
+        if let Some(addr) = &self.advertise_addr {
+            return addr.clone();
+        }
+        if bound.ip().is_unspecified() {
+            format!("127.0.0.1:{}", bound.port())
+        } else {
+            bound.to_string()
+        }
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["sio-node"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parse")
+    }
+
+    #[test]
+    fn defaults_are_socket_io_defaults() {
+        let c = parse(&["--jwt-secret", "s"]);
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.ping_timeout, Duration::from_secs(20));
+        assert_eq!(c.transports, vec![Transport::Polling, Transport::Websocket]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn jwt_without_secret_is_rejected() {
+        let c = parse(&[]);
+        assert!(matches!(c.validate(), Err(ConfigError::MissingJwtSecret)));
+        parse(&["--auth", "none"]).validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::try_parse_from(["sio-node", "--ping-interval", "soon"]).is_err());
+        assert!(Config::try_parse_from(["sio-node", "--transports", "carrier-pigeon"]).is_err());
+        let c = parse(&["--auth", "none", "--node-id", "a b"]);
+        assert!(matches!(c.validate(), Err(ConfigError::BadNodeId(_))));
+        let c = parse(&["--auth", "none", "--redis-url", "http://x"]);
+        assert!(matches!(c.validate(), Err(ConfigError::BadRedisScheme(_))));
+        let c = parse(&["--auth", "none", "--max-payload", "10"]);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PayloadTooSmall(10))
+        ));
+        let c = parse(&["--auth", "none", "--cors-origin", "example.com"]);
+        assert!(matches!(c.validate(), Err(ConfigError::BadOrigin(_))));
+        let c = parse(&["--auth", "none", "--cors-origin", "*,https://a.example"]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn advertise_addr_replaces_unspecified_ip() {
+        let c = parse(&["--auth", "none"]);
+        assert_eq!(
+            c.resolved_advertise_addr("0.0.0.0:3001".parse().unwrap()),
+            "127.0.0.1:3001"
+        );
+        assert_eq!(
+            c.resolved_advertise_addr("10.1.2.3:3001".parse().unwrap()),
+            "10.1.2.3:3001"
+        );
+    }
+}

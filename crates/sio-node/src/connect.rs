@@ -1,0 +1,131 @@
+//! What every namespace does when a socket connects and disconnects: authenticate, open the
+//! session, count, and clean up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::DisconnectReason;
+
+use crate::auth::AuthError;
+use crate::session::SocketSession;
+use crate::state::NodeState;
+
+/// Why a namespace connect was refused; the text reaches the client as `connect_error`'s
+/// `err.message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectRefused {
+    /// Authentication failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The handshake carried an unusable value.
+    #[error("bad handshake: {0}")]
+    BadInput(String),
+    /// The shared state could not be read; the client should retry.
+    #[error("service unavailable: {0}; retry shortly")]
+    Unavailable(String),
+    /// The node is draining and takes no new sockets.
+    #[error("service unavailable: this node is shutting down; reconnect")]
+    Draining,
+}
+
+/// Authenticates a connecting socket and opens its session (not yet in its extensions).
+pub fn admit<A: Adapter>(
+    node: &NodeState,
+    socket: &SocketRef<A>,
+    auth: Option<&serde_json::Value>,
+) -> Result<Arc<SocketSession>, ConnectRefused> {
+    if node.readiness.is_draining() {
+        return Err(ConnectRefused::Draining);
+    }
+    match node.auth.authenticate(auth) {
+        Ok(user) => {
+            let session = SocketSession::new(user);
+            // If the connect never completes (the transport closed while the middleware ran),
+            // neither the connect nor the disconnect handler starts the queue: drop its jobs
+            // so they do not keep the socket alive.
+            let weak = Arc::downgrade(&session.queue);
+            let deadline = node.config.connect_timeout + Duration::from_secs(5);
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                if let Some(queue) = weak.upgrade() {
+                    queue.discard_if_never_started();
+                }
+            });
+            Ok(session)
+        }
+        Err(e) => {
+            node.metrics
+                .auth_failures
+                .with_label_values(&[socket.ns(), e.reason()])
+                .inc();
+            tracing::info!(
+                ns = socket.ns(),
+                reason = e.reason(),
+                "connect refused: {e}"
+            );
+            Err(e.into())
+        }
+    }
+}
+
+/// The session a middleware stored on the socket.
+pub fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<SocketSession>> {
+    socket.extensions.get::<Arc<SocketSession>>()
+}
+
+/// Counts the connect and starts the socket's event queue (connect handler of every namespace).
+pub fn connected<A: Adapter>(node: &NodeState, socket: &SocketRef<A>) {
+    node.metrics
+        .connects
+        .with_label_values(&[socket.ns()])
+        .inc();
+    if let Some(s) = session(socket) {
+        s.queue.start();
+    }
+}
+
+/// A stable label for a disconnect reason.
+pub fn reason_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing_error",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    }
+}
+
+/// Counts the disconnect; the namespace queues its own clean-up after it.
+pub fn disconnected<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, reason: DisconnectReason) {
+    node.metrics
+        .disconnects
+        .with_label_values(&[socket.ns(), reason_label(reason)])
+        .inc();
+}
+
+/// Retries a store call a few times with a short back-off (Redis failing over, say).
+pub async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, sio_redis_adapter::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sio_redis_adapter::StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= 3 => return Err(e),
+            Err(e) => {
+                tracing::debug!("store call failed, retrying in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Namespace `/dashboard`: every connected socket receives `cluster-stats` (connections per
+//! namespace and per node, events per second) every `--dashboard-interval`.
+
+use std::sync::Arc;
+
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+
+use crate::connect::{self, ConnectRefused};
+use crate::state::NodeState;
+use crate::stats;
+
+/// Path of the dashboard namespace.
+pub const NAMESPACE: &str = "/dashboard";
+
+/// Connect middleware: authenticates and queues a first `cluster-stats` for the socket.
+pub async fn middleware<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<Arc<NodeState>>,
+    TryData(auth): TryData<serde_json::Value>,
+) -> Result<(), ConnectRefused> {
+    let session = connect::admit(&node, &socket, auth.ok().as_ref())?;
+    socket.on_disconnect(on_disconnect::<A>);
+    let (s, n) = (socket.clone(), node.clone());
+    session.queue.push_always(async move {
+        let stats = stats::cluster_stats(&n, &io).await;
+        let _ = s.emit("cluster-stats", &stats);
+    });
+    socket.extensions.insert(session);
+    Ok(())
+}
+
+/// Connect handler.
+pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(node): State<Arc<NodeState>>) {
+    connect::connected(&node, &socket);
+}
+
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    reason: DisconnectReason,
+    State(node): State<Arc<NodeState>>,
+) {
+    connect::disconnected(&node, &socket, reason);
+}
+
+/// Sends `cluster-stats` to this node's dashboard sockets (each node serves its own).
+pub async fn publish<A: Adapter>(node: &Arc<NodeState>, io: &SocketIo<A>) {
+    let Some(ns) = io.of(NAMESPACE) else {
+        return;
+    };
+    if ns.clone().local().sockets().is_empty() {
+        return;
+    }
+    let stats = stats::cluster_stats(node, io).await;
+    if let Err(e) = ns.local().emit("cluster-stats", &stats).await {
+        tracing::debug!("cluster-stats not sent: {e}");
+    } else {
+        node.metrics
+            .events_sent
+            .with_label_values(&[NAMESPACE])
+            .inc();
+    }
+}

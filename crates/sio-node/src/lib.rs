@@ -1,0 +1,27 @@
+//! sio-node: a stateless Socket.IO node of sio-cluster.
+//!
+//! One port serves Socket.IO (`/socket.io/`, namespaces `/`, `/notifications`,
+//! `/dashboard`) and HTTP (`/api/*`, `/healthz`, `/readyz`, `/metrics`). Users are
+//! identified by their authenticated id, never by a socket id; everything that must outlive a
+//! socket or a node lives in the shared [`sio_redis_adapter::Store`].
+
+pub mod api;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod conformance;
+pub mod connect;
+pub mod dashboard;
+pub mod drain;
+pub mod events;
+pub mod fdlimit;
+pub mod metrics;
+pub mod notifications;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod stats;
+pub mod validate;
+
+pub use config::Config;
+pub use server::{NodeError, run};

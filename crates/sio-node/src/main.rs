@@ -1,0 +1,60 @@
+//! `sio-node`: parses the configuration, sets up logging, waits for signals.
+
+use anyhow::Context;
+use clap::Parser;
+use sio_node::config::{AuthMode, Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_env("SIO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("sio-node: invalid configuration: {e}");
+        std::process::exit(2);
+    }
+    if config.auth == AuthMode::None {
+        tracing::warn!(
+            "--auth none: clients are trusted to say who they are (auth.userId); development only"
+        );
+    }
+    if let Err(e) = sio_node::fdlimit::raise_nofile_limit() {
+        tracing::warn!("could not raise the open-files limit: {e}");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        signal.cancel();
+    });
+    sio_node::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,232 @@
+//! Prometheus metrics of a node: one registry, names prefixed `sio_`, base units,
+//! `_total` on counters and no unbounded labels (never a socket, user or room id).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric a node exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Live connections by namespace and transport (refreshed at every scrape).
+    pub connections: IntGaugeVec,
+    /// Namespace connections accepted.
+    pub connects: IntCounterVec,
+    /// Namespace disconnections by reason.
+    pub disconnects: IntCounterVec,
+    /// Events received from clients.
+    pub events_received: IntCounterVec,
+    /// Events emitted by the node (one per emit, whatever the number of recipients).
+    pub events_sent: IntCounterVec,
+    /// Client events refused (validation, membership, store errors) by code.
+    pub event_errors: IntCounterVec,
+    /// Connects refused by authentication, by reason.
+    pub auth_failures: IntCounterVec,
+    /// HTTP API requests by route, method and status.
+    pub api_requests: IntCounterVec,
+    /// HTTP API latency by route.
+    pub api_duration: HistogramVec,
+    /// Notifications accepted by outcome (`stored`, `failed`).
+    pub notifications: IntCounterVec,
+    /// Notifications handed to sockets (live or replayed).
+    pub notifications_delivered: IntCounter,
+    /// 1 while the node should get new handshakes.
+    pub ready: IntGauge,
+    /// 1 once the node is draining.
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every node metric, the process collector and `sio_build_info`.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            // Names are fixed at compile time; a clash is a programming error caught by tests.
+            registry.register(c).expect("metric registration");
+        };
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "sio_connections",
+                "Live Socket.IO connections by namespace and transport",
+            ),
+            &["namespace", "transport"],
+        )
+        .expect("metric");
+        let connects = IntCounterVec::new(
+            Opts::new("sio_connects_total", "Namespace connections accepted"),
+            &["namespace"],
+        )
+        .expect("metric");
+        let disconnects = IntCounterVec::new(
+            Opts::new(
+                "sio_disconnects_total",
+                "Namespace disconnections by reason",
+            ),
+            &["namespace", "reason"],
+        )
+        .expect("metric");
+        let events_received = IntCounterVec::new(
+            Opts::new("sio_events_received_total", "Events received from clients"),
+            &["namespace"],
+        )
+        .expect("metric");
+        let events_sent = IntCounterVec::new(
+            Opts::new(
+                "sio_events_sent_total",
+                "Events emitted by the node (one per emit)",
+            ),
+            &["namespace"],
+        )
+        .expect("metric");
+        let event_errors = IntCounterVec::new(
+            Opts::new(
+                "sio_event_errors_total",
+                "Client events refused, by error code",
+            ),
+            &["namespace", "code"],
+        )
+        .expect("metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "sio_auth_failures_total",
+                "Connects refused by authentication",
+            ),
+            &["namespace", "reason"],
+        )
+        .expect("metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "sio_api_requests_total",
+                "HTTP API requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("metric");
+        let api_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sio_api_request_duration_seconds",
+                "HTTP API request latency",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["route"],
+        )
+        .expect("metric");
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "sio_notifications_total",
+                "Notifications accepted by the API, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let notifications_delivered = IntCounter::new(
+            "sio_notifications_delivered_total",
+            "Notifications handed to sockets, live or replayed",
+        )
+        .expect("metric");
+        let ready = IntGauge::new("sio_node_ready", "1 while the node accepts new handshakes")
+            .expect("metric");
+        let draining =
+            IntGauge::new("sio_node_draining", "1 once the node is draining").expect("metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("sio_build_info", "Build of this node, always 1"),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for c in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connects.clone()),
+            Box::new(disconnects.clone()),
+            Box::new(events_received.clone()),
+            Box::new(events_sent.clone()),
+            Box::new(event_errors.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(api_requests.clone()),
+            Box::new(api_duration.clone()),
+            Box::new(notifications.clone()),
+            Box::new(notifications_delivered.clone()),
+            Box::new(ready.clone()),
+            Box::new(draining.clone()),
+            Box::new(build_info),
+        ] {
+            reg(c);
+        }
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+
+        Self {
+            registry,
+            connections,
+            connects,
+            disconnects,
+            events_received,
+            events_sent,
+            event_errors,
+            auth_failures,
+            api_requests,
+            api_duration,
+            notifications,
+            notifications_delivered,
+            ready,
+            draining,
+        }
+    }
+
+    /// The registry, for other crates (the adapter) to add their collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("metrics encoding failed: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.connects.with_label_values(&["/"]).inc();
+        m.api_duration
+            .with_label_values(&["/api/notify"])
+            .observe(0.01);
+        m.notifications.with_label_values(&["stored"]).inc();
+        let text = m.encode();
+        assert!(text.contains("sio_connects_total{namespace=\"/\"} 1"));
+        assert!(text.contains("sio_build_info{version="));
+        for family in m.registry().gather() {
+            let name = family.name();
+            assert!(
+                name.starts_with("sio_") || name.starts_with("process_"),
+                "{name}"
+            );
+            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Assembles and runs a node: Socket.IO namespaces, HTTP routes, background tasks, and the
+//! shutdown that drains it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::{SocketIo, SocketIoConfig, TransportType};
+use socketioxide_core::adapter::{CoreAdapter, DefinedAdapter};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use sio_redis_adapter::Store;
+
+use crate::api::{self, Api};
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError, Transport};
+use crate::metrics::Metrics;
+use crate::state::{NodeState, Rates, Readiness};
+use crate::{chat, conformance, dashboard, drain, notifications, stats};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A namespace could not be registered (the adapter failed to subscribe).
+    #[error("namespace {ns} could not start: {reason}")]
+    Namespace {
+        /// Namespace path.
+        ns: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// The shared state could not be reached at start-up.
+    #[error("shared state: {0}")]
+    Store(#[from] sio_redis_adapter::StoreError),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The result of registering a namespace: nothing to wait for with the local adapter, a
+/// subscription to finish with a remote one.
+pub trait NsInit: Send {
+    /// Waits for the namespace's adapter to be ready.
+    fn finish(self) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+impl NsInit for () {
+    async fn finish(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// An adapter a node can run on.
+pub trait NodeAdapter: Adapter + DefinedAdapter {}
+impl<A: Adapter + DefinedAdapter> NodeAdapter for A where
+    <A as CoreAdapter<Emitter>>::InitRes: NsInit
+{
+}
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains it and returns
+/// within `--shutdown-grace`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let store = Store::memory(config.notification_maxlen);
+    let subscribed = Arc::new(AtomicBool::new(true));
+    let node = new_state(config, &listener, store, subscribed)?;
+    if node.config.redis_url.is_some() {
+        tracing::warn!("--redis-url is not used by this build yet: running standalone");
+    }
+    serve::<LocalAdapter>(node, (), listener, shutdown).await
+}
+
+fn new_state(
+    config: Config,
+    listener: &TcpListener,
+    store: Store,
+    subscribed: Arc<AtomicBool>,
+) -> Result<Arc<NodeState>, NodeError> {
+    let bound = listener.local_addr()?;
+    let node_id = config.resolved_node_id();
+    let advertise_addr = config.resolved_advertise_addr(bound);
+    let auth = Authenticator::new(config.auth, config.jwt_secret.as_deref());
+    Ok(Arc::new(NodeState {
+        node_id,
+        advertise_addr,
+        server_uid: socketioxide_core::Uid::new().to_string(),
+        auth,
+        metrics: Metrics::new(),
+        store,
+        readiness: Readiness::new(subscribed),
+        started: Instant::now(),
+        started_at_ms: sio_redis_adapter::types::now_ms(),
+        fanout: std::sync::OnceLock::new(),
+        rates: std::sync::Mutex::new(Rates::default()),
+        config,
+    }))
+}
+
+fn socket_io_config(node: &NodeState) -> SocketIoConfig {
+    let mut cfg = SocketIoConfig::default();
+    if let Ok(uid) = node.server_uid.parse() {
+        cfg.server_id = uid;
+    }
+    cfg
+}
+
+/// Runs the node on adapter `A` with the adapter state `adapter_state`.
+pub async fn serve<A>(
+    node: Arc<NodeState>,
+    adapter_state: A::State,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError>
+where
+    A: NodeAdapter,
+    <A as CoreAdapter<Emitter>>::InitRes: NsInit,
+{
+    let c = &node.config;
+    let (ping_interval, ping_timeout, max_payload, connect_timeout) = if c.conformance {
+        (
+            conformance::PING_INTERVAL,
+            conformance::PING_TIMEOUT,
+            conformance::MAX_PAYLOAD,
+            conformance::CONNECT_TIMEOUT,
+        )
+    } else {
+        (
+            c.ping_interval,
+            c.ping_timeout,
+            c.max_payload,
+            c.connect_timeout,
+        )
+    };
+    let builder = SocketIo::builder()
+        .with_config(socket_io_config(&node))
+        .ping_interval(ping_interval)
+        .ping_timeout(ping_timeout)
+        .max_payload(max_payload)
+        .connect_timeout(connect_timeout)
+        .max_buffer_size(c.max_buffer_size)
+        .ws_read_buffer_size(c.ws_read_buffer)
+        .ws_max_message_size(max_payload as usize)
+        .ws_max_frame_size(max_payload as usize)
+        .with_state(node.clone());
+    let polling = c.transports.contains(&Transport::Polling);
+    let websocket = c.transports.contains(&Transport::Websocket);
+    let builder = match (polling, websocket) {
+        (true, false) => builder.transports([TransportType::Polling]),
+        (false, true) => builder.transports([TransportType::Websocket]),
+        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
+    };
+    let (layer, io) = builder.with_adapter::<A>(adapter_state).build_layer();
+
+    let app = if c.conformance {
+        tracing::warn!("conformance mode: serving the protocol test server, not the application");
+        register(&io, "/", conformance::on_connect::<A>).await?;
+        register(&io, "/custom", conformance::on_connect::<A>).await?;
+        let engine = engineioxide::config::EngineIoConfig::builder()
+            .ping_interval(conformance::PING_INTERVAL)
+            .ping_timeout(conformance::PING_TIMEOUT)
+            .max_payload(conformance::MAX_PAYLOAD)
+            .build();
+        probes(node.clone(), io.clone()).layer(layer).layer(
+            engineioxide::layer::EngineIoLayer::from_config(
+                Arc::new(conformance::EngineEcho),
+                engine,
+            ),
+        )
+    } else {
+        register(
+            &io,
+            chat::NAMESPACE,
+            chat::on_connect::<A>.with(chat::middleware::<A>),
+        )
+        .await?;
+        register(
+            &io,
+            notifications::NAMESPACE,
+            notifications::on_connect::<A>.with(notifications::middleware::<A>),
+        )
+        .await?;
+        register(
+            &io,
+            dashboard::NAMESPACE,
+            dashboard::on_connect::<A>.with(dashboard::middleware::<A>),
+        )
+        .await?;
+        let fan_io = io.clone();
+        let fan_node = node.clone();
+        let _ = node.fanout.set(Arc::new(move |user, n| {
+            let delivered = notifications::deliver_local(&fan_io, &fan_node, &user, &n);
+            Box::pin(async move { Ok(delivered) })
+        }));
+        let api = Api {
+            node: node.clone(),
+            io: io.clone(),
+        };
+        probes(node.clone(), io.clone())
+            .merge(api::routes(api))
+            .layer(layer)
+    };
+    let app = app.layer(cors(&node.config));
+
+    let tasks = TaskTracker::new();
+    let background = CancellationToken::new();
+    tasks.spawn(stats_loop(node.clone(), io.clone(), background.clone()));
+    tasks.spawn(heartbeat_loop(node.clone(), io.clone(), background.clone()));
+
+    let local = listener.local_addr()?;
+    let server_stop = CancellationToken::new();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    node.readiness.set_serving();
+    node.metrics.ready.set(i64::from(node.readiness.is_ready()));
+    tracing::info!(
+        addr = %local,
+        node_id = %node.node_id,
+        advertise = %node.advertise_addr,
+        "sio-node listening (Socket.IO on /socket.io/, API on /api/*, /healthz, /readyz, /metrics)"
+    );
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        res = &mut Box::pin(async { server_stopped(&server).await }) => {
+            background.cancel();
+            return res;
+        }
+    }
+
+    let deadline = Instant::now() + node.config.shutdown_grace;
+    tracing::info!(grace = ?node.config.shutdown_grace, "shutting down: draining");
+    node.readiness.set_draining();
+    node.metrics.draining.set(1);
+    node.metrics.ready.set(0);
+    let info = stats::local_info(&node, &io);
+    if let Err(e) = node.store.heartbeat(&info, node.config.lease_ttl).await {
+        tracing::warn!("could not mark this node draining in the registry: {e}");
+    }
+    drain::drain(&node, &io, deadline).await;
+    server_stop.cancel();
+    background.cancel();
+    tasks.close();
+    let left = deadline.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(left, server).await.is_err() {
+        tracing::warn!("grace period over with connections still open; exiting anyway");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
+    if let Err(e) = node.store.deregister(&node.node_id).await {
+        tracing::warn!("could not remove this node from the registry: {e}");
+    }
+    tracing::info!("sio-node stopped");
+    Ok(())
+}
+
+async fn server_stopped(
+    server: &tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), NodeError> {
+    // Only polled when the server ends on its own (an accept loop error).
+    loop {
+        if server.is_finished() {
+            return Err(NodeError::Io(std::io::Error::other(
+                "http server stopped unexpectedly",
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn register<A, C, T>(io: &SocketIo<A>, ns: &'static str, handler: C) -> Result<(), NodeError>
+where
+    A: NodeAdapter,
+    <A as CoreAdapter<Emitter>>::InitRes: NsInit,
+    C: ConnectHandler<A, T>,
+    T: Send + Sync + 'static,
+{
+    io.ns(ns, handler)
+        .finish()
+        .await
+        .map_err(|reason| NodeError::Namespace { ns, reason })
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::OPTIONS,
+        ])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    if config.cors_origin.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let origins: Vec<HeaderValue> = config
+            .cors_origin
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        layer
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+    }
+}
+
+fn probes<A: Adapter>(node: Arc<NodeState>, io: SocketIo<A>) -> Router {
+    struct Probe<A: Adapter> {
+        node: Arc<NodeState>,
+        io: SocketIo<A>,
+    }
+    impl<A: Adapter> Clone for Probe<A> {
+        fn clone(&self) -> Self {
+            Self {
+                node: self.node.clone(),
+                io: self.io.clone(),
+            }
+        }
+    }
+    async fn healthz() -> &'static str {
+        "ok"
+    }
+    async fn readyz<A: Adapter>(State(p): State<Probe<A>>) -> Response {
+        let r = &p.node.readiness;
+        if r.is_ready() {
+            (StatusCode::OK, "ready").into_response()
+        } else {
+            let body = serde_json::json!({
+                "ready": false,
+                "draining": r.is_draining(),
+                "subscribed": r.is_subscribed(),
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+    async fn metrics<A: Adapter>(State(p): State<Probe<A>>) -> Response {
+        stats::refresh_connection_gauge(&p.node, &p.io);
+        p.node
+            .metrics
+            .ready
+            .set(i64::from(p.node.readiness.is_ready()));
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            p.node.metrics.encode(),
+        )
+            .into_response()
+    }
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<A>))
+        .route("/metrics", get(metrics::<A>))
+        .with_state(Probe { node, io })
+}
+
+async fn stats_loop<A: Adapter>(node: Arc<NodeState>, io: SocketIo<A>, stop: CancellationToken) {
+    let every = node.config.dashboard_interval;
+    let mut last = (stats::event_totals(&node), Instant::now());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = (stats::event_totals(&node), Instant::now());
+        let secs = now.1.duration_since(last.1).as_secs_f64().max(0.001);
+        let rates = Rates {
+            received: (now.0.0.saturating_sub(last.0.0)) as f64 / secs,
+            sent: (now.0.1.saturating_sub(last.0.1)) as f64 / secs,
+        };
+        *node.rates.lock().unwrap_or_else(|e| e.into_inner()) = rates;
+        last = now;
+        dashboard::publish(&node, &io).await;
+    }
+}
+
+async fn heartbeat_loop<A: Adapter>(
+    node: Arc<NodeState>,
+    io: SocketIo<A>,
+    stop: CancellationToken,
+) {
+    let every = node.config.lease_ttl / 3;
+    loop {
+        let info = stats::local_info(&node, &io);
+        if let Err(e) = node.store.heartbeat(&info, node.config.lease_ttl).await {
+            tracing::warn!("registry heartbeat failed: {e}");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

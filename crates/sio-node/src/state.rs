@@ -1,0 +1,116 @@
+//! What every handler of a node shares: configuration, identity, metrics, readiness and the
+//! shared state store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use sio_redis_adapter::{Notification, Store};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Whether the node should receive new handshakes: explicit state, not a guess.
+#[derive(Debug)]
+pub struct Readiness {
+    serving: AtomicBool,
+    subscribed: Arc<AtomicBool>,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Not serving yet; `subscribed` is shared with the cross-node driver (always true
+    /// without Redis).
+    pub fn new(subscribed: Arc<AtomicBool>) -> Self {
+        Self {
+            serving: AtomicBool::new(false),
+            subscribed,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The listener is up and every namespace is registered.
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+    }
+
+    /// The node started to drain; it stays unready until it exits.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once draining started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// True while the cross-node subscriptions are live.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// Ready for new handshakes: serving, subscribed and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.serving.load(Ordering::SeqCst) && self.is_subscribed() && !self.is_draining()
+    }
+}
+
+/// Delivers a stored notification to the user's sockets on every node and returns how many
+/// sockets got it; set by the server once the Socket.IO instance exists.
+pub type NotificationFanout = Arc<
+    dyn Fn(
+            String,
+            Notification,
+        )
+            -> futures::future::BoxFuture<'static, Result<u64, sio_redis_adapter::StoreError>>
+        + Send
+        + Sync,
+>;
+
+/// State shared by the socket handlers, the HTTP API and the background tasks of a node.
+pub struct NodeState {
+    /// The validated configuration.
+    pub config: Config,
+    /// This node's id.
+    pub node_id: String,
+    /// Address proxies use to reach the node.
+    pub advertise_addr: String,
+    /// Socket.IO server uid (the adapter's node id).
+    pub server_uid: String,
+    /// Handshake authentication.
+    pub auth: Authenticator,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Shared state (memory or Redis).
+    pub store: Store,
+    /// Readiness flags.
+    pub readiness: Readiness,
+    /// Start time, for uptime.
+    pub started: Instant,
+    /// Start time, unix milliseconds.
+    pub started_at_ms: u64,
+    /// Cluster-wide notification delivery.
+    pub fanout: std::sync::OnceLock<NotificationFanout>,
+    /// Events per second, refreshed by the stats task.
+    pub rates: std::sync::Mutex<Rates>,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("node_id", &self.node_id)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Recent event rates of this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Rates {
+    /// Events received from clients per second.
+    pub received: f64,
+    /// Events emitted per second.
+    pub sent: f64,
+}

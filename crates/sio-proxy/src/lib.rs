@@ -1,0 +1,1 @@
+//! sio-proxy: sticky-session load balancer (in progress).
