@@ -1,1 +1,359 @@
-//! placeholder
+//! Harness for whole-process tests: real `redis-server`, `sio-node` and `sio-proxy`
+//! processes on free loopback ports, and scenarios run by Node.js with the official
+//! `socket.io-client`. Every process is killed when its handle is dropped; nothing sleeps
+//! and hopes: starts wait on readiness probes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of a workspace binary: `$SIO_BIN_DIR/<name>` or `target/debug/<name>`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SIO_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace().join("target"))
+                .join("debug")
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A random key prefix so tests sharing a Redis never see each other's keys.
+pub fn random_prefix() -> String {
+    format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// A directory for a test's logs, kept under `target/test-logs/`.
+pub fn log_dir(test: &str) -> PathBuf {
+    let dir = workspace().join("target").join("test-logs").join(test);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A child process killed on drop, with its output in a log file.
+#[derive(Debug)]
+pub struct Proc {
+    /// Name used in messages.
+    pub name: String,
+    child: Option<Child>,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with output to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        cmd.stdout(file).stderr(err).stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, `"CONT"`).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process now and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A minimal HTTP/1.1 GET returning `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http(addr, "GET", path, &[], None)
+}
+
+/// A minimal HTTP/1.1 request returning `(status, body)` (no chunked bodies).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    s.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = String::new();
+    let _ = reader.read_to_string(&mut body);
+    Ok((status, body))
+}
+
+/// A `redis-server` on a free port, without persistence.
+#[derive(Debug)]
+pub struct Redis {
+    /// The process.
+    pub proc: Proc,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts a standalone Redis on a free port and waits until it answers.
+    pub fn start(test: &str) -> Self {
+        Self::start_on(test, free_port())
+    }
+
+    /// Starts a standalone Redis on `port` (to restart one on the same port).
+    pub fn start_on(test: &str, port: u16) -> Self {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]);
+        let proc = Proc::spawn("redis", cmd, log_dir(test).join(format!("redis-{port}.log")));
+        let r = Self { proc, port };
+        assert!(
+            wait_until(Duration::from_secs(10), || r.ping()),
+            "redis-server did not start on {port} (is it installed? `apt-get install redis-server`): {}",
+            r.proc.log_text()
+        );
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+/// Development secrets used by the tests.
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+/// API key used by the tests.
+pub const API_KEY: &str = "test-api-key";
+
+/// A running `sio-node`.
+#[derive(Debug)]
+pub struct Node {
+    /// The process.
+    pub proc: Proc,
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// Its node id.
+    pub id: String,
+}
+
+impl Node {
+    /// Starts a node with JWT auth, the test API key and `extra` flags, and waits for
+    /// `/readyz`.
+    pub fn start(test: &str, id: &str, extra: &[&str]) -> Self {
+        let node = Self::spawn(test, id, extra);
+        node.wait_ready(Duration::from_secs(20));
+        node
+    }
+
+    /// Starts a node without waiting for it.
+    pub fn spawn(test: &str, id: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut cmd = Command::new(bin("sio-node"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SIO_LOG", "info,sio_node=debug")
+            .args(["--listen", &addr.to_string(), "--node-id", id])
+            .args(["--jwt-secret", JWT_SECRET, "--api-key", API_KEY])
+            .args(extra);
+        let proc = Proc::spawn(id, cmd, log_dir(test).join(format!("{id}.log")));
+        Self {
+            proc,
+            addr,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            matches!(http_get(self.addr, "/readyz"), Ok((200, _)))
+        });
+        assert!(ok, "{} not ready in {timeout:?}:\n{}", self.id, self.proc.log_text());
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The node's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        http_get(self.addr, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+}
+
+/// Sum of the samples of `name` whose labels contain every `labels` pair, in Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Runs `tests/js/<script>` with Node.js and `env`, and panics with its output unless it
+/// exits 0. Returns its stdout.
+pub fn run_js(script: &str, env: &[(&str, String)]) -> String {
+    let js = workspace().join("tests").join("js");
+    assert!(
+        js.join("node_modules").join("socket.io-client").exists(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (or `make test`)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js).arg(script);
+    cmd.env("JWT_SECRET", JWT_SECRET).env("API_KEY", API_KEY);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node (is Node.js 20 installed?): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "scenario {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// The three ways the official client can connect.
+pub const MODES: [&str; 3] = ["polling", "websocket", "upgrade"];

@@ -289,14 +289,9 @@ async fn emit<A: Adapter>(
     if let Some(room) = &room {
         op = op.to(room.clone());
     }
-    op.emit(&event, &data)
-        .await
+    let res = op.emit(&event, &data).await;
+    crate::events::delivered(&api.node, &namespace, res)
         .map_err(|e| ApiError::unavailable(format!("event not delivered: {e}")))?;
-    api.node
-        .metrics
-        .events_sent
-        .with_label_values(&[namespace.as_str()])
-        .inc();
     Ok(Json(
         serde_json::json!({ "ok": true, "namespace": namespace, "room": room, "event": event }),
     ))

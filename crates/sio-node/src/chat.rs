@@ -207,13 +207,9 @@ pub async fn emit_presence<A: Adapter>(
         room,
         online,
     };
-    match io.to(room.to_owned()).emit("presence", &body).await {
-        Ok(()) => node
-            .metrics
-            .events_sent
-            .with_label_values(&[NAMESPACE])
-            .inc(),
-        Err(e) => tracing::warn!(room, "presence not broadcast: {e}"),
+    let res = io.to(room.to_owned()).emit("presence", &body).await;
+    if let Err(e) = events::delivered(node, NAMESPACE, res) {
+        tracing::warn!(room, "presence not broadcast: {e}");
     }
 }
 
@@ -227,15 +223,9 @@ async fn chat_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Par
             );
         }
     };
-    match ev.io.emit("chat-message", &data).await {
-        Ok(()) => {
-            ev.node
-                .metrics
-                .events_sent
-                .with_label_values(&[NAMESPACE])
-                .inc();
-            ev.reply(&serde_json::json!({ "ok": true }));
-        }
+    let res = ev.io.emit("chat-message", &data).await;
+    match events::delivered(&ev.node, NAMESPACE, res) {
+        Ok(()) => ev.reply(&serde_json::json!({ "ok": true })),
         Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
     }
 }
@@ -261,19 +251,9 @@ async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parser
         user_id: &user,
         room: &room,
     };
-    if let Err(e) = ev
-        .socket
-        .to(room.clone())
-        .emit("user-joined", &joined)
-        .await
-    {
+    let res = ev.socket.to(room.clone()).emit("user-joined", &joined).await;
+    if let Err(e) = events::delivered(&ev.node, NAMESPACE, res) {
         tracing::warn!(room, "user-joined not broadcast: {e}");
-    } else {
-        ev.node
-            .metrics
-            .events_sent
-            .with_label_values(&[NAMESPACE])
-            .inc();
     }
     presence_join(&ev.io, &ev.node, &ev.socket, &user, &room).await;
     ev.reply(&serde_json::json!({ "ok": true, "room": room }));
@@ -300,14 +280,9 @@ async fn leave_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parse
         user_id: &user,
         room: &room,
     };
-    if let Err(e) = ev.socket.to(room.clone()).emit("user-left", &left).await {
+    let res = ev.socket.to(room.clone()).emit("user-left", &left).await;
+    if let Err(e) = events::delivered(&ev.node, NAMESPACE, res) {
         tracing::warn!(room, "user-left not broadcast: {e}");
-    } else {
-        ev.node
-            .metrics
-            .events_sent
-            .with_label_values(&[NAMESPACE])
-            .inc();
     }
     let m = Membership {
         room: room.clone(),
@@ -354,13 +329,9 @@ async fn room_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Par
         text: &text,
         timestamp: timestamp(),
     };
-    match ev.io.to(room.clone()).emit("room-message", &msg).await {
+    let res = ev.io.to(room.clone()).emit("room-message", &msg).await;
+    match events::delivered(&ev.node, NAMESPACE, res) {
         Ok(()) => {
-            ev.node
-                .metrics
-                .events_sent
-                .with_label_values(&[NAMESPACE])
-                .inc();
             let id = msg.id.clone();
             ev.reply(&serde_json::json!({ "id": id }));
         }

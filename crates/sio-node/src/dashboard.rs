@@ -55,12 +55,8 @@ pub async fn publish<A: Adapter>(node: &Arc<NodeState>, io: &SocketIo<A>) {
         return;
     }
     let stats = stats::cluster_stats(node, io).await;
-    if let Err(e) = ns.local().emit("cluster-stats", &stats).await {
+    let res = ns.local().emit("cluster-stats", &stats).await;
+    if let Err(e) = crate::events::delivered(node, NAMESPACE, res) {
         tracing::debug!("cluster-stats not sent: {e}");
-    } else {
-        node.metrics
-            .events_sent
-            .with_label_values(&[NAMESPACE])
-            .inc();
     }
 }

@@ -15,7 +15,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::{FromMessageParts, MessageHandler};
 use socketioxide::socket::Socket;
-use socketioxide::{ParserError, SocketIo};
+use socketioxide::{BroadcastError, ParserError, SocketIo};
 use socketioxide_core::Value;
 
 use crate::session::SocketSession;
@@ -96,6 +96,28 @@ fn send_error<A: Adapter>(
     } else {
         let body = serde_json::json!({ "event": event, "code": code, "message": message });
         let _ = socket.emit("error", &body);
+    }
+}
+
+/// Reads a broadcast's outcome: sockets whose send buffers were full are slow clients (they
+/// miss this packet, which is counted in `sio_slow_client_drops_total`), not a failure of the
+/// sender; an adapter or encoding error means nothing was delivered and is returned.
+pub fn delivered(node: &NodeState, ns: &str, res: Result<(), BroadcastError>) -> Result<(), String> {
+    match res {
+        Ok(()) => {
+            node.metrics.events_sent.with_label_values(&[ns]).inc();
+            Ok(())
+        }
+        Err(BroadcastError::Socket(errors)) => {
+            node.metrics.events_sent.with_label_values(&[ns]).inc();
+            node.metrics
+                .slow_client_drops
+                .with_label_values(&[ns])
+                .inc_by(errors.len() as u64);
+            tracing::debug!(ns, dropped = errors.len(), "packet dropped for slow clients");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub events_received: IntCounterVec,
     /// Events emitted by the node (one per emit, whatever the number of recipients).
     pub events_sent: IntCounterVec,
+    /// Packets not queued to a socket because its buffer was full (slow client).
+    pub slow_client_drops: IntCounterVec,
     /// Client events refused (validation, membership, store errors) by code.
     pub event_errors: IntCounterVec,
     /// Connects refused by authentication, by reason.
@@ -76,6 +78,14 @@ impl Metrics {
             Opts::new(
                 "sio_events_sent_total",
                 "Events emitted by the node (one per emit)",
+            ),
+            &["namespace"],
+        )
+        .expect("metric");
+        let slow_client_drops = IntCounterVec::new(
+            Opts::new(
+                "sio_slow_client_drops_total",
+                "Packets not queued to a socket whose send buffer was full",
             ),
             &["namespace"],
         )
@@ -148,6 +158,7 @@ impl Metrics {
             Box::new(events_received.clone()),
             Box::new(events_sent.clone()),
             Box::new(event_errors.clone()),
+            Box::new(slow_client_drops.clone()),
             Box::new(auth_failures.clone()),
             Box::new(api_requests.clone()),
             Box::new(api_duration.clone()),
@@ -171,6 +182,7 @@ impl Metrics {
             disconnects,
             events_received,
             events_sent,
+            slow_client_drops,
             event_errors,
             auth_failures,
             api_requests,

@@ -1,0 +1,38 @@
+# sio-cluster: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help deps build release run run-node test test-unit test-e2e test-manifests lint fmt clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
+
+deps: ## Install what a fresh Debian machine lacks (cmake, redis-server, promtool, npm packages)
+	@deploy/local/deps.sh
+
+build: deps ## Build every crate and binary (debug)
+	$(CARGO) build --workspace --bins
+
+release: deps ## Build the release binaries
+	$(CARGO) build --workspace --release --bins
+
+run: release ## Start a local node on 127.0.0.1:3000 in the foreground (Ctrl-C stops it)
+	@deploy/local/run.sh
+
+test: build ## Run every test: unit, whole-process with real Redis and official clients, manifests
+	$(CARGO) nextest run --workspace --profile ci
+	@if [ -x tests/manifests/check.sh ]; then tests/manifests/check.sh; fi
+
+test-unit: ## Unit tests only (fast)
+	$(CARGO) nextest run --workspace --lib --bins
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: ## Remove build output and test logs
+	$(CARGO) clean
