@@ -251,7 +251,11 @@ async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parser
         user_id: &user,
         room: &room,
     };
-    let res = ev.socket.to(room.clone()).emit("user-joined", &joined).await;
+    let res = ev
+        .socket
+        .to(room.clone())
+        .emit("user-joined", &joined)
+        .await;
     if let Err(e) = events::delivered(&ev.node, NAMESPACE, res) {
         tracing::warn!(room, "user-joined not broadcast: {e}");
     }

@@ -102,7 +102,11 @@ fn send_error<A: Adapter>(
 /// Reads a broadcast's outcome: sockets whose send buffers were full are slow clients (they
 /// miss this packet, which is counted in `sio_slow_client_drops_total`), not a failure of the
 /// sender; an adapter or encoding error means nothing was delivered and is returned.
-pub fn delivered(node: &NodeState, ns: &str, res: Result<(), BroadcastError>) -> Result<(), String> {
+pub fn delivered(
+    node: &NodeState,
+    ns: &str,
+    res: Result<(), BroadcastError>,
+) -> Result<(), String> {
     match res {
         Ok(()) => {
             node.metrics.events_sent.with_label_values(&[ns]).inc();
@@ -114,7 +118,11 @@ pub fn delivered(node: &NodeState, ns: &str, res: Result<(), BroadcastError>) ->
                 .slow_client_drops
                 .with_label_values(&[ns])
                 .inc_by(errors.len() as u64);
-            tracing::debug!(ns, dropped = errors.len(), "packet dropped for slow clients");
+            tracing::debug!(
+                ns,
+                dropped = errors.len(),
+                "packet dropped for slow clients"
+            );
             Ok(())
         }
         Err(e) => Err(e.to_string()),

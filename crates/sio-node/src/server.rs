@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use sio_redis_adapter::Store;
+use sio_redis_adapter::{
+    ClusterAdapter, NotifyBus, RedisAdapterCtr, RedisCluster, RedisSettings, SioDriver, Store,
+};
 
 use crate::api::{self, Api};
 use crate::auth::Authenticator;
@@ -64,6 +66,12 @@ impl NsInit for () {
     }
 }
 
+impl NsInit for socketioxide_redis::InitRes<SioDriver> {
+    async fn finish(self) -> Result<(), String> {
+        self.await.map_err(|e| e.to_string())
+    }
+}
+
 /// An adapter a node can run on.
 pub trait NodeAdapter: Adapter + DefinedAdapter {}
 impl<A: Adapter + DefinedAdapter> NodeAdapter for A where
@@ -79,20 +87,48 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate()?;
-    let store = Store::memory(config.notification_maxlen);
-    let subscribed = Arc::new(AtomicBool::new(true));
-    let node = new_state(config, &listener, store, subscribed)?;
-    if node.config.redis_url.is_some() {
-        tracing::warn!("--redis-url is not used by this build yet: running standalone");
-    }
-    serve::<LocalAdapter>(node, (), listener, shutdown).await
+    let metrics = Metrics::new();
+    let Some(url) = config.redis_url.clone() else {
+        let store = Store::memory(config.notification_maxlen);
+        let subscribed = Arc::new(AtomicBool::new(true));
+        let node = new_state(config, &listener, store, subscribed, metrics)?;
+        return serve::<LocalAdapter>(node, (), listener, shutdown, None).await;
+    };
+    let settings = RedisSettings {
+        url: url.to_string(),
+        prefix: config.redis_prefix.clone(),
+        lease: config.lease_ttl,
+        notification_maxlen: config.notification_maxlen,
+        request_timeout: REQUEST_TIMEOUT,
+    };
+    let cluster = RedisCluster::connect(&settings, metrics.registry()).await?;
+    tracing::info!(
+        redis = %sio_redis_adapter::cluster::redact(&settings.url),
+        prefix = %settings.prefix,
+        "connected to Redis"
+    );
+    let node = new_state(
+        config,
+        &listener,
+        cluster.store.clone(),
+        cluster.driver.subscribed(),
+        metrics,
+    )?;
+    let ctr =
+        RedisAdapterCtr::new_with_driver(cluster.driver.clone(), cluster.adapter_config.clone());
+    serve::<ClusterAdapter>(node, ctr, listener, shutdown, Some(cluster)).await
 }
+
+/// How long cross-node requests (rooms, fetch sockets, acks, notification counts) wait for
+/// every node to answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn new_state(
     config: Config,
     listener: &TcpListener,
     store: Store,
     subscribed: Arc<AtomicBool>,
+    metrics: Metrics,
 ) -> Result<Arc<NodeState>, NodeError> {
     let bound = listener.local_addr()?;
     let node_id = config.resolved_node_id();
@@ -103,7 +139,7 @@ fn new_state(
         advertise_addr,
         server_uid: socketioxide_core::Uid::new().to_string(),
         auth,
-        metrics: Metrics::new(),
+        metrics,
         store,
         readiness: Readiness::new(subscribed),
         started: Instant::now(),
@@ -128,6 +164,7 @@ pub async fn serve<A>(
     adapter_state: A::State,
     listener: TcpListener,
     shutdown: CancellationToken,
+    cluster: Option<RedisCluster>,
 ) -> Result<(), NodeError>
 where
     A: NodeAdapter,
@@ -205,10 +242,29 @@ where
         .await?;
         let fan_io = io.clone();
         let fan_node = node.clone();
-        let _ = node.fanout.set(Arc::new(move |user, n| {
-            let delivered = notifications::deliver_local(&fan_io, &fan_node, &user, &n);
-            Box::pin(async move { Ok(delivered) })
-        }));
+        let local: sio_redis_adapter::notify::LocalDelivery =
+            Arc::new(move |user, n| notifications::deliver_local(&fan_io, &fan_node, user, n));
+        let fanout: crate::state::NotificationFanout = match &cluster {
+            None => Arc::new(move |user, n| {
+                let delivered = local(&user, &n);
+                Box::pin(async move { Ok(delivered) })
+            }),
+            Some(c) => {
+                let bus = NotifyBus::start(
+                    c.driver.clone(),
+                    c.keys.clone(),
+                    node.server_uid.clone(),
+                    REQUEST_TIMEOUT,
+                    local,
+                )
+                .await?;
+                Arc::new(move |user, n| {
+                    let bus = bus.clone();
+                    Box::pin(async move { bus.publish(&user, &n).await })
+                })
+            }
+        };
+        let _ = node.fanout.set(fanout);
         let api = Api {
             node: node.clone(),
             io: io.clone(),
@@ -404,6 +460,23 @@ async fn heartbeat_loop<A: Adapter>(
         let info = stats::local_info(&node, &io);
         if let Err(e) = node.store.heartbeat(&info, node.config.lease_ttl).await {
             tracing::warn!("registry heartbeat failed: {e}");
+        }
+        let leases = stats::local_leases(&node, &io);
+        if let Err(e) = node.store.refresh_leases(&leases).await {
+            tracing::warn!("lease renewal failed: {e}");
+        }
+        match node.store.expire_presence().await {
+            Ok(gone) => {
+                for (room, user) in gone {
+                    tracing::info!(
+                        room,
+                        user,
+                        "presence expired (its node stopped renewing it)"
+                    );
+                    chat::emit_presence(&io, &node, &user, &room, false).await;
+                }
+            }
+            Err(e) => tracing::warn!("presence sweep failed: {e}"),
         }
         tokio::select! {
             _ = stop.cancelled() => return,

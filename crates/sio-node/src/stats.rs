@@ -8,7 +8,7 @@ use socketioxide::SocketIo;
 use socketioxide::TransportType;
 use socketioxide::adapter::Adapter;
 
-use sio_redis_adapter::NodeInfo;
+use sio_redis_adapter::{LocalLeases, Membership, NodeInfo, SocketEntry};
 
 use crate::state::{NodeState, Rates};
 
@@ -138,4 +138,38 @@ pub fn event_totals(node: &NodeState) -> (u64, u64) {
         counter_sum(&node.metrics.events_received),
         counter_sum(&node.metrics.events_sent),
     )
+}
+
+/// Everything this node holds whose lease it must renew: sockets of `/` and
+/// `/notifications`, and the chat room memberships.
+pub fn local_leases<A: Adapter>(node: &NodeState, io: &SocketIo<A>) -> LocalLeases {
+    let mut leases = LocalLeases::default();
+    for ns in [crate::chat::NAMESPACE, crate::notifications::NAMESPACE] {
+        let Some(op) = io.of(ns) else { continue };
+        for socket in op.local().sockets() {
+            let Some(session) = crate::connect::session(&socket) else {
+                continue;
+            };
+            let user = session.user.as_str().to_owned();
+            let sid = socket.id.to_string();
+            if ns == crate::chat::NAMESPACE {
+                for room in session.rooms() {
+                    leases.memberships.push(Membership {
+                        room,
+                        user: user.clone(),
+                        sid: sid.clone(),
+                    });
+                }
+            }
+            leases.sockets.push((
+                user,
+                SocketEntry {
+                    sid,
+                    node: node.node_id.clone(),
+                    ns: ns.to_owned(),
+                },
+            ));
+        }
+    }
+    leases
 }

@@ -1,15 +1,82 @@
-//! Cross-node adapter and shared state of sio-cluster.
+//! Cross-node adapter and shared state of sio-cluster, on Redis (fred).
 //!
 //! A sio-node uses this crate for everything that must outlive one socket or one node:
 //! users' sockets and rooms, presence, notification logs and the node registry
-//! ([`Store`]), and (with Redis) the socketioxide remote adapter that lets any node reach
-//! any room, user or socket.
+//! ([`Store`]), and the socketioxide remote adapter ([`ClusterAdapter`]) that lets any node
+//! reach any room, user or socket. Without Redis, [`Store::memory`] serves a standalone node.
+//!
+//! # Cross-node messaging
+//!
+//! The remote-adapter protocol is socketioxide-redis's (`CustomRedisAdapter` over the
+//! [`Driver`](socketioxide_redis::drivers::Driver) trait): broadcasts (to the namespace, to
+//! rooms, with `except`), broadcasts with acks, `fetch_sockets`, remote join/leave/disconnect,
+//! room listing and server count. This crate supplies the driver, [`SioDriver`], which
+//! resubscribes after reconnects, reports readiness, bounds and counts its queues, and exports
+//! metrics. All channels are Redis 7 *sharded* channels (`SSUBSCRIBE`/`SPUBLISH`), so they
+//! spread over the shards of a Redis Cluster.
+//!
+//! ```text
+//!  node A: io.to("r").emit(..)                Redis                      node B
+//!  ─────────────────────────────              ─────                      ──────
+//!  SPUBLISH {p}-request#/# msgpack(req)  ──▶  shard of the channel  ──▶  local broadcast to "r"
+//!  local broadcast to "r"
+//!
+//!  node A: fetch_sockets / rooms / emit_with_ack
+//!  PUBSUB SHARDNUMSUB {p}-request#/#  -> n servers
+//!  SPUBLISH {p}-request#/# req(id)     ──▶                           ──▶  answers on
+//!  wait for n-1 answers  ◀──────────────  {p}-response#/#{A}#  ◀──────  SPUBLISH [id, data]
+//! ```
+//!
+//! # Keys and channels (prefix `{p}`, `--redis-prefix`, default `sio`)
+//!
+//! | name | type | content |
+//! |---|---|---|
+//! | `{p}-request#{ns}#` | shard channel | adapter requests to every node (socketioxide-redis, msgpack) |
+//! | `{p}-request#{ns}#{uid}#` | shard channel | adapter requests to node `uid` |
+//! | `{p}-response#{ns}#{uid}#` | shard channel | answers to node `uid`'s requests |
+//! | `{p}:notify` | shard channel | notifications to deliver live (JSON `{user, notification, origin, req}`) |
+//! | `{p}:notify-reply:{uid}` | shard channel | delivery counts for node `uid` (JSON `{req, delivered}`) |
+//! | `{p}:user:{<user>}:sockets` | sorted set | live sockets of the user, member `sid\|node\|ns`, score lease expiry (ms) |
+//! | `{p}:user:{<user>}:rooms` | set | rooms the user joined and did not leave (restored on reconnect); 30 days TTL |
+//! | `{p}:user:{<user>}:notifications` | stream | the user's notifications (`message`, `timestamp`), `MAXLEN ~ --notification-maxlen`; 30 days TTL |
+//! | `{p}:presence:{<room>}:users` | sorted set | users present in the room, score latest lease expiry |
+//! | `{p}:presence:{<room>}:sockets:<user>` | sorted set | the user's sockets in the room, score lease expiry |
+//! | `{p}:presence:rooms` | set | rooms with presence entries (walked by the expiry sweep) |
+//! | `{p}:nodes` | sorted set | node ids, score registry lease expiry (ms) |
+//! | `{p}:nodes:info` | hash | node id -> JSON [`NodeInfo`] (`id`, `addr`, `draining`, `connections`, …) |
+//!
+//! `<user>` and `<room>` sit inside `{…}` hash tags (with `{`, `}` and `%` escaped) so the keys
+//! of one room, or of one user, share a Redis Cluster slot and scripts can update them
+//! atomically. Leases are renewed every third of `--lease-ttl`; when a node dies its entries
+//! expire, and the presence sweep (every node, every heartbeat) removes them and emits
+//! `presence {online: false}` once per user and room.
+//!
+//! # Notifications
+//!
+//! See [`notify`]: stored with `XADD … MAXLEN ~`, delivered live through `{p}:notify`, the
+//! delivery count summed from every node's answer, replayed with `XRANGE (<last id> +`.
 
+pub mod cluster;
+pub mod driver;
 pub mod error;
+pub mod keys;
 pub mod memory;
+pub mod metrics;
+pub mod notify;
+pub mod redis_store;
 pub mod store;
 pub mod types;
 
+pub use cluster::{RedisCluster, RedisSettings};
+pub use driver::SioDriver;
 pub use error::{StoreError, StoreResult};
+pub use keys::Keys;
+pub use notify::NotifyBus;
 pub use store::{LocalLeases, Membership, Store};
 pub use types::{NodeInfo, Notification, SocketEntry};
+
+/// The socketioxide adapter of a clustered node.
+pub type ClusterAdapter =
+    socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, SioDriver>;
+
+pub use socketioxide_redis::RedisAdapterCtr;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::StoreResult;
 use crate::memory::MemoryStore;
+use crate::redis_store::RedisStore;
 use crate::types::{NodeInfo, Notification, SocketEntry, now_ms};
 
 /// A presence membership a node holds: `user` has socket `sid` in `room`.
@@ -35,9 +36,16 @@ pub struct LocalLeases {
 pub enum Store {
     /// In-process state of a standalone node.
     Memory(Arc<MemoryStore>),
+    /// The cluster's state in Redis.
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
+    /// The store on Redis.
+    pub fn redis(store: RedisStore) -> Self {
+        Store::Redis(Arc::new(store))
+    }
+
     /// A store in memory, for a node without Redis.
     pub fn memory(notification_maxlen: usize) -> Self {
         Store::Memory(Arc::new(MemoryStore::new(notification_maxlen)))
@@ -47,6 +55,7 @@ impl Store {
     pub async fn add_socket(&self, user: &str, entry: &SocketEntry) -> StoreResult<()> {
         match self {
             Store::Memory(m) => m.add_socket(user, entry.clone()),
+            Store::Redis(r) => r.add_socket(user, entry).await?,
         }
         Ok(())
     }
@@ -55,6 +64,7 @@ impl Store {
     pub async fn remove_socket(&self, user: &str, entry: &SocketEntry) -> StoreResult<()> {
         match self {
             Store::Memory(m) => m.remove_socket(user, entry),
+            Store::Redis(r) => r.remove_socket(user, entry).await?,
         }
         Ok(())
     }
@@ -63,6 +73,7 @@ impl Store {
     pub async fn user_sockets(&self, user: &str) -> StoreResult<Vec<SocketEntry>> {
         match self {
             Store::Memory(m) => Ok(m.user_sockets(user)),
+            Store::Redis(r) => r.user_sockets(user).await,
         }
     }
 
@@ -70,6 +81,7 @@ impl Store {
     pub async fn user_rooms(&self, user: &str) -> StoreResult<Vec<String>> {
         match self {
             Store::Memory(m) => Ok(m.user_rooms(user)),
+            Store::Redis(r) => r.user_rooms(user).await,
         }
     }
 
@@ -77,6 +89,7 @@ impl Store {
     pub async fn add_user_room(&self, user: &str, room: &str) -> StoreResult<()> {
         match self {
             Store::Memory(m) => m.add_user_room(user, room),
+            Store::Redis(r) => r.add_user_room(user, room).await?,
         }
         Ok(())
     }
@@ -85,6 +98,7 @@ impl Store {
     pub async fn remove_user_room(&self, user: &str, room: &str) -> StoreResult<()> {
         match self {
             Store::Memory(m) => m.remove_user_room(user, room),
+            Store::Redis(r) => r.remove_user_room(user, room).await?,
         }
         Ok(())
     }
@@ -94,6 +108,7 @@ impl Store {
     pub async fn presence_join(&self, m: &Membership) -> StoreResult<bool> {
         match self {
             Store::Memory(s) => Ok(s.presence_join(&m.room, &m.user, &m.sid)),
+            Store::Redis(r) => r.presence_join(m).await,
         }
     }
 
@@ -102,6 +117,7 @@ impl Store {
     pub async fn presence_leave(&self, m: &Membership) -> StoreResult<bool> {
         match self {
             Store::Memory(s) => Ok(s.presence_leave(&m.room, &m.user, &m.sid)),
+            Store::Redis(r) => r.presence_leave(m).await,
         }
     }
 
@@ -109,6 +125,7 @@ impl Store {
     pub async fn presence(&self, room: &str) -> StoreResult<Vec<String>> {
         match self {
             Store::Memory(m) => Ok(m.presence(room)),
+            Store::Redis(r) => r.presence(room).await,
         }
     }
 
@@ -117,13 +134,15 @@ impl Store {
     pub async fn expire_presence(&self) -> StoreResult<Vec<(String, String)>> {
         match self {
             Store::Memory(_) => Ok(Vec::new()),
+            Store::Redis(r) => r.expire_presence().await,
         }
     }
 
     /// Extends the leases of everything the node holds.
-    pub async fn refresh_leases(&self, _leases: &LocalLeases) -> StoreResult<()> {
+    pub async fn refresh_leases(&self, leases: &LocalLeases) -> StoreResult<()> {
         match self {
             Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.refresh_leases(leases).await,
         }
     }
 
@@ -136,6 +155,7 @@ impl Store {
     ) -> StoreResult<Notification> {
         match self {
             Store::Memory(m) => Ok(m.append_notification(user, message, timestamp)),
+            Store::Redis(r) => r.append_notification(user, message, timestamp).await,
         }
     }
 
@@ -147,6 +167,7 @@ impl Store {
     ) -> StoreResult<Vec<Notification>> {
         match self {
             Store::Memory(m) => Ok(m.notifications_after(user, after)),
+            Store::Redis(r) => r.notifications_after(user, after).await,
         }
     }
 
@@ -155,6 +176,7 @@ impl Store {
         let expires = now_ms() + ttl.as_millis() as u64;
         match self {
             Store::Memory(m) => m.heartbeat(info, expires),
+            Store::Redis(r) => r.heartbeat(info, ttl).await?,
         }
         Ok(())
     }
@@ -163,6 +185,7 @@ impl Store {
     pub async fn deregister(&self, id: &str) -> StoreResult<()> {
         match self {
             Store::Memory(m) => m.deregister(id),
+            Store::Redis(r) => r.deregister(id).await?,
         }
         Ok(())
     }
@@ -171,6 +194,7 @@ impl Store {
     pub async fn nodes(&self) -> StoreResult<Vec<NodeInfo>> {
         match self {
             Store::Memory(m) => Ok(m.nodes()),
+            Store::Redis(r) => r.nodes().await,
         }
     }
 }

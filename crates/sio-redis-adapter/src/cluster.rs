@@ -1,0 +1,124 @@
+//! Connecting a node to Redis: the two clients, the driver and the store.
+
+use std::time::Duration;
+
+use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+use fred::types::RespVersion;
+use socketioxide_redis::RedisAdapterConfig;
+
+use crate::driver::SioDriver;
+use crate::error::{StoreError, StoreResult};
+use crate::keys::Keys;
+use crate::metrics::AdapterMetrics;
+use crate::redis_store::RedisStore;
+use crate::store::Store;
+
+/// Commands fail after this long instead of queueing while Redis is away.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnection back-off: 100 ms doubling up to this.
+pub const MAX_RECONNECT_DELAY_MS: u32 = 2_000;
+/// Capacity of the subscriber's message buffer before messages are counted as dropped.
+pub const SUBSCRIBER_BUFFER: usize = 65_536;
+
+/// How a node uses Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://`, `redis-cluster://…`, `redis-sentinel://…`.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// Lease of registry entries, user sockets and presence.
+    pub lease: Duration,
+    /// Notifications kept per user.
+    pub notification_maxlen: usize,
+    /// How long cross-node requests (fetch sockets, rooms, acks) wait for every node.
+    pub request_timeout: Duration,
+}
+
+/// A node's connection to the cluster's Redis.
+#[derive(Debug, Clone)]
+pub struct RedisCluster {
+    /// Pub/sub driver for the socketioxide adapter and the notification bus.
+    pub driver: SioDriver,
+    /// Shared state.
+    pub store: Store,
+    /// Key and channel names.
+    pub keys: Keys,
+    /// Configuration for socketioxide-redis's `RedisAdapterCtr::new_with_driver`.
+    pub adapter_config: RedisAdapterConfig,
+}
+
+impl RedisCluster {
+    /// Connects both clients (failing fast if Redis cannot be reached) and starts the driver.
+    pub async fn connect(
+        settings: &RedisSettings,
+        registry: &prometheus::Registry,
+    ) -> StoreResult<Self> {
+        let bad_url = |e: fred::error::Error| {
+            StoreError::Unavailable(format!(
+                "invalid --redis-url {}: {e}",
+                redact(&settings.url)
+            ))
+        };
+        let mut config = Config::from_url(&settings.url).map_err(bad_url)?;
+        // The URL cannot ask for RESP3; sharded pub/sub on a shared connection needs it.
+        config.version = RespVersion::RESP3;
+        config.fail_fast = true;
+        let policy = ReconnectPolicy::new_exponential(0, 100, MAX_RECONNECT_DELAY_MS, 2);
+        let mut builder = Builder::from_config(config);
+        builder
+            .set_policy(policy)
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.max_command_attempts = 2;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+            });
+        let unreachable = |e: fred::error::Error| {
+            StoreError::Unavailable(format!(
+                "cannot reach Redis at {}: {e} (is it running? check --redis-url)",
+                redact(&settings.url)
+            ))
+        };
+        let publisher = builder.build().map_err(bad_url)?;
+        let subscriber = builder.build_subscriber_client().map_err(bad_url)?;
+        publisher.init().await.map_err(unreachable)?;
+        subscriber.init().await.map_err(unreachable)?;
+
+        let metrics = AdapterMetrics::new(registry);
+        let keys = Keys::new(settings.prefix.clone());
+        let driver = SioDriver::start(subscriber, publisher.clone(), metrics.clone());
+        let store = Store::redis(RedisStore::new(
+            publisher,
+            keys.clone(),
+            settings.lease,
+            settings.notification_maxlen,
+            metrics,
+        ));
+        let adapter_config = RedisAdapterConfig::new()
+            .with_prefix(keys.adapter_prefix())
+            .with_request_timeout(settings.request_timeout)
+            .with_stream_buffer(4096)
+            .with_ack_response_buffer(1024);
+        Ok(Self {
+            driver,
+            store,
+            keys,
+            adapter_config,
+        })
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,126 @@
+//! Metrics of the cross-node driver and shared state, registered in the node's registry.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Adapter metrics (prefix `sio_adapter_`).
+#[derive(Debug, Clone)]
+pub struct AdapterMetrics {
+    /// Messages published, by kind (`request`, `response`, `notify`, `notify_reply`).
+    pub published: IntCounterVec,
+    /// Messages received, by kind.
+    pub received: IntCounterVec,
+    /// Publish failures.
+    pub publish_errors: IntCounter,
+    /// Messages dropped because a bounded queue was full, by queue.
+    pub dropped: IntCounterVec,
+    /// 1 while every channel is subscribed.
+    pub subscribed: IntGauge,
+    /// Reconnections to Redis.
+    pub reconnects: IntCounter,
+    /// Cross-node request latency, by kind.
+    pub request_duration: HistogramVec,
+    /// Cross-node requests that timed out waiting for answers.
+    pub request_timeouts: IntCounterVec,
+    /// Shared state operations that failed.
+    pub store_errors: IntCounter,
+}
+
+impl AdapterMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let m = Self {
+            published: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_messages_published_total",
+                    "Messages published to Redis, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            received: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_messages_received_total",
+                    "Messages received from Redis, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            publish_errors: IntCounter::new(
+                "sio_adapter_publish_errors_total",
+                "Publishes to Redis that failed",
+            )
+            .expect("metric"),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_dropped_messages_total",
+                    "Cross-node messages dropped because a bounded queue was full",
+                ),
+                &["queue"],
+            )
+            .expect("metric"),
+            subscribed: IntGauge::new(
+                "sio_adapter_subscribed",
+                "1 while every Redis channel is subscribed",
+            )
+            .expect("metric"),
+            reconnects: IntCounter::new("sio_adapter_reconnects_total", "Reconnections to Redis")
+                .expect("metric"),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "sio_adapter_request_duration_seconds",
+                    "Cross-node request latency (until every node answered)",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["kind"],
+            )
+            .expect("metric"),
+            request_timeouts: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_request_timeouts_total",
+                    "Cross-node requests that timed out waiting for answers",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            store_errors: IntCounter::new(
+                "sio_adapter_store_errors_total",
+                "Shared state operations that failed",
+            )
+            .expect("metric"),
+        };
+        for c in [
+            Box::new(m.published.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.received.clone()),
+            Box::new(m.publish_errors.clone()),
+            Box::new(m.dropped.clone()),
+            Box::new(m.subscribed.clone()),
+            Box::new(m.reconnects.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.request_timeouts.clone()),
+            Box::new(m.store_errors.clone()),
+        ] {
+            // Registering twice in one registry is a programming error.
+            registry.register(c).expect("adapter metric registration");
+        }
+        m
+    }
+}
+
+/// The kind label of a channel.
+pub fn channel_kind(channel: &str) -> &'static str {
+    if channel.contains("-request#") {
+        "request"
+    } else if channel.contains("-response#") {
+        "response"
+    } else if channel.contains(":notify-reply:") {
+        "notify_reply"
+    } else if channel.ends_with(":notify") {
+        "notify"
+    } else {
+        "other"
+    }
+}
