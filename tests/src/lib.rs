@@ -219,7 +219,11 @@ impl Redis {
             "--protected-mode",
             "no",
         ]);
-        let proc = Proc::spawn("redis", cmd, log_dir(test).join(format!("redis-{port}.log")));
+        let proc = Proc::spawn(
+            "redis",
+            cmd,
+            log_dir(test).join(format!("redis-{port}.log")),
+        );
         let r = Self { proc, port };
         assert!(
             wait_until(Duration::from_secs(10), || r.ping()),
@@ -293,7 +297,12 @@ impl Node {
         let ok = wait_until(timeout, || {
             matches!(http_get(self.addr, "/readyz"), Ok((200, _)))
         });
-        assert!(ok, "{} not ready in {timeout:?}:\n{}", self.id, self.proc.log_text());
+        assert!(
+            ok,
+            "{} not ready in {timeout:?}:\n{}",
+            self.id,
+            self.proc.log_text()
+        );
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -303,7 +312,9 @@ impl Node {
 
     /// The node's `/metrics` text.
     pub fn metrics(&self) -> String {
-        http_get(self.addr, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(self.addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 }
 
@@ -357,3 +368,155 @@ pub fn run_js(script: &str, env: &[(&str, String)]) -> String {
 
 /// The three ways the official client can connect.
 pub const MODES: [&str; 3] = ["polling", "websocket", "upgrade"];
+
+/// A Redis and `n` sio-nodes sharing it under a random key prefix.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The Redis server.
+    pub redis: Redis,
+    /// The nodes, `node-1`…
+    pub nodes: Vec<Node>,
+    /// Key prefix shared by the nodes.
+    pub prefix: String,
+}
+
+impl Cluster {
+    /// Starts Redis and `n` nodes with `extra` flags, and waits until every node is ready.
+    pub fn start(test: &str, n: usize, extra: &[&str]) -> Self {
+        let redis = Redis::start(test);
+        let prefix = random_prefix();
+        let url = redis.url();
+        let nodes: Vec<Node> = (1..=n)
+            .map(|i| {
+                let mut args = vec![
+                    "--redis-url",
+                    url.as_str(),
+                    "--redis-prefix",
+                    prefix.as_str(),
+                ];
+                args.extend_from_slice(extra);
+                Node::spawn(test, &format!("node-{i}"), &args)
+            })
+            .collect();
+        for node in &nodes {
+            node.wait_ready(Duration::from_secs(20));
+        }
+        Self {
+            redis,
+            nodes,
+            prefix,
+        }
+    }
+
+    /// Comma-separated URLs of the nodes, for the scenarios.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Stops whatever listens on a Redis port when dropped (for servers a scenario restarted).
+#[derive(Debug)]
+pub struct ShutdownRedisOnDrop(pub u16);
+
+impl Drop for ShutdownRedisOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.0.to_string(), "shutdown", "nosave"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Six `redis-server`s in cluster mode (3 primaries, 3 replicas) on free ports.
+#[derive(Debug)]
+pub struct RedisClusterServers {
+    /// The processes.
+    pub procs: Vec<Proc>,
+    /// Their ports.
+    pub ports: Vec<u16>,
+}
+
+impl RedisClusterServers {
+    /// Starts the servers, creates the cluster with `redis-cli --cluster create` and waits
+    /// until it reports `cluster_state:ok`.
+    pub fn start(test: &str) -> Self {
+        let dir = log_dir(test).join("redis-cluster");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let procs: Vec<Proc> = ports
+            .iter()
+            .map(|port| {
+                let mut cmd = Command::new("redis-server");
+                cmd.current_dir(&dir).args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                Proc::spawn("redis-cluster", cmd, dir.join(format!("redis-{port}.log")))
+            })
+            .collect();
+        for port in &ports {
+            let ok = wait_until(Duration::from_secs(10), || {
+                redis_cli(*port, &["ping"]).is_some_and(|o| o.contains("PONG"))
+            });
+            assert!(ok, "cluster redis-server on {port} did not start");
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in &ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = create.output().expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ok = wait_until(Duration::from_secs(20), || {
+            ports.iter().all(|p| {
+                redis_cli(*p, &["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok"))
+            })
+        });
+        assert!(ok, "redis cluster did not reach cluster_state:ok");
+        Self { procs, ports }
+    }
+
+    /// A `redis-cluster://` URL naming every primary and replica.
+    pub fn url(&self) -> String {
+        let first = self.ports[0];
+        let rest: Vec<String> = self.ports[1..]
+            .iter()
+            .map(|p| format!("node=127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns its output, if it ran.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}

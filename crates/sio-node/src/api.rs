@@ -6,7 +6,9 @@
 //! 415 not JSON, 503 shared state unavailable or API disabled.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
@@ -289,13 +291,61 @@ async fn emit<A: Adapter>(
     if let Some(room) = &room {
         op = op.to(room.clone());
     }
-    let res = op.emit(&event, &data).await;
-    crate::events::delivered(&api.node, &namespace, res)
+    let ack_timeout = match body.get("ackTimeoutMs") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(ms) if (1..=MAX_ACK_TIMEOUT_MS).contains(&ms) => Some(Duration::from_millis(ms)),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_ack_timeout",
+                    format!("ackTimeoutMs must be an integer from 1 to {MAX_ACK_TIMEOUT_MS}"),
+                ));
+            }
+        },
+    };
+    let Some(timeout) = ack_timeout else {
+        let res = op.emit(&event, &data).await;
+        crate::events::delivered(&api.node, &namespace, res)
+            .map_err(|e| ApiError::unavailable(format!("event not delivered: {e}")))?;
+        return Ok(Json(
+            serde_json::json!({ "ok": true, "namespace": namespace, "room": room, "event": event }),
+        ));
+    };
+    // Emit with an acknowledgement from every recipient, on every node, within `timeout`.
+    let stream = op
+        .timeout(timeout)
+        .emit_with_ack::<_, serde_json::Value>(&event, &data)
+        .await
         .map_err(|e| ApiError::unavailable(format!("event not delivered: {e}")))?;
-    Ok(Json(
-        serde_json::json!({ "ok": true, "namespace": namespace, "room": room, "event": event }),
-    ))
+    api.node
+        .metrics
+        .events_sent
+        .with_label_values(&[namespace.as_str()])
+        .inc();
+    let results: Vec<_> = stream.collect().await;
+    let mut acks = Vec::new();
+    let mut timeouts = 0;
+    let mut errors = 0;
+    for (_, r) in results {
+        match r {
+            Ok(v) => acks.push(v),
+            Err(socketioxide::AckError::Timeout) => timeouts += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    Ok(Json(serde_json::json!({
+        "ok": true,
+        "namespace": namespace,
+        "room": room,
+        "event": event,
+        "acks": acks,
+        "timeouts": timeouts,
+        "errors": errors,
+    })))
 }
+
+/// Longest `ackTimeoutMs` accepted by `POST /api/emit`.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,9 +2,9 @@
 //! this crate's notification fan-out) over Redis sharded pub/sub.
 //!
 //! What it adds to socketioxide-redis's own fred driver:
-//! - every channel is resubscribed after Redis reconnects (the client tracks its shard
-//!   channels; the watcher calls `resubscribe_all` on each reconnect, as fred's
-//!   `manage_subscriptions` does, and retries with exponential back-off until it succeeds);
+//! - every channel is resubscribed after Redis reconnects: the client tracks its shard
+//!   channels, and on each reconnect the watcher subscribes to them again, as fred's
+//!   `manage_subscriptions` does, retrying with exponential back-off until it succeeds;
 //! - [`SioDriver::subscribed`] is false from the moment the connection drops until every
 //!   channel is subscribed again, so the node reports not ready meanwhile;
 //! - every queue is bounded: the client's broadcast buffer and one `mpsc` per channel;
@@ -235,7 +235,7 @@ async fn watch(
         }
         if need_resubscribe && Instant::now() >= next_attempt {
             inner.set_subscribed(false);
-            match inner.subscriber.resubscribe_all().await {
+            match resubscribe(&inner.subscriber).await {
                 Ok(()) => {
                     need_resubscribe = false;
                     inner.set_subscribed(true);
@@ -248,6 +248,16 @@ async fn watch(
             }
         }
     }
+}
+
+/// Subscribes again to every shard channel the client tracks. (fred's `resubscribe_all`
+/// also sends a `SUBSCRIBE` with no channel when only shard channels are tracked, which Redis
+/// refuses, so the shard channels are resubscribed here one by one.)
+async fn resubscribe(subscriber: &SubscriberClient) -> Result<(), fred::error::Error> {
+    for chan in subscriber.tracked_shard_channels() {
+        subscriber.ssubscribe(chan).await?;
+    }
+    Ok(())
 }
 
 impl Driver for SioDriver {

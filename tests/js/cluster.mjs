@@ -1,0 +1,206 @@
+// Scenarios across several sio-nodes sharing one Redis (URLS = comma-separated node URLs).
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import {
+  ack, api, closeAll, collect, connect, connected, connectError, main, once, sleep, socketFor, token, waitFor, MODE,
+} from "./lib.mjs";
+
+const URLS = (process.env.URLS || "").split(",").filter(Boolean);
+const uniq = (p) => `${p}-${MODE}-${Math.random().toString(36).slice(2, 8)}`;
+const on = (i, user, opts = {}) => connect(user, { url: URLS[i % URLS.length], ...opts });
+
+async function notify(i, userId, message) {
+  const r = await api("/api/notify", { url: URLS[i % URLS.length], body: { userId, message } });
+  assert.equal(r.status, 200, r.text);
+  return r.body;
+}
+
+main({
+  // A room message from node 1 reaches members on every node exactly once; a chat-message
+  // from the last node reaches every socket of the namespace exactly once.
+  async room_fanout() {
+    const room = uniq("room");
+    const members = await Promise.all(URLS.map((_, i) => on(i, uniq(`m${i}`))));
+    const outsider = await on(1, uniq("outsider"));
+    const got = members.map((s) => collect(s, "room-message"));
+    const gotOut = collect(outsider, "room-message");
+    for (const s of members) assert.deepEqual(await ack(s, "join-room", room), { ok: true, room });
+    const sent = await ack(members[0], "room-message", { room, text: "across nodes" });
+    await waitFor(() => got.every((g) => g.length >= 1), 5000, "room-message on every node");
+    const chats = [...members, outsider].map((s) => collect(s, "chat-message"));
+    members[members.length - 1].emit("chat-message", { hello: "everyone" });
+    await waitFor(() => chats.every((c) => c.length >= 1), 5000, "chat-message on every node");
+    await sleep(300); // duplicates would have arrived by now
+    for (const g of got) {
+      assert.equal(g.length, 1, "exactly once");
+      assert.equal(g[0].id, sent.id);
+    }
+    for (const c of chats) assert.equal(c.length, 1, "chat-message exactly once");
+    assert.equal(gotOut.length, 0, "non-members get nothing");
+    // the room lists every member whatever their node
+    const presence = await api(`/api/presence/${room}`, { method: "GET", url: URLS[1] });
+    assert.equal(presence.body.count, members.length);
+    closeAll(members, outsider);
+  },
+
+  // The HTTP API emits with acks to a room whose members sit on every node.
+  async acks() {
+    const room = uniq("acks");
+    const members = await Promise.all(URLS.map((_, i) => on(i, uniq(`a${i}`))));
+    const silent = await on(1, uniq("silent"));
+    for (const s of [...members, silent]) await ack(s, "join-room", room);
+    members.forEach((s, i) => s.on("question", (data, cb) => cb({ node: i, echo: data })));
+    silent.on("question", () => {}); // never answers
+    const res = await api("/api/emit", {
+      url: URLS[0],
+      body: { namespace: "/", room, event: "question", data: 42, ackTimeoutMs: 1500 },
+    });
+    assert.equal(res.status, 200, res.text);
+    assert.equal(res.body.acks.length, members.length, JSON.stringify(res.body));
+    assert.deepEqual(res.body.acks.map((a) => a.node).sort(), members.map((_, i) => i));
+    assert.ok(res.body.acks.every((a) => a.echo === 42));
+    assert.equal(res.body.timeouts, 1, "the silent socket timed out");
+    closeAll(members, silent);
+  },
+
+  // A user with sockets on two nodes gets a notification sent through a third, on both.
+  async notify_two_nodes() {
+    const user = uniq("n");
+    const s1 = await on(0, user, { ns: "/notifications" });
+    const s2 = await on(2, user, { ns: "/notifications" });
+    const got = [s1, s2].map((s) => collect(s, "notification"));
+    const res = await notify(1, user, "to both nodes");
+    assert.equal(res.delivered, 2);
+    await waitFor(() => got.every((g) => g.length === 1), 5000, "notification on both nodes");
+    await sleep(200);
+    assert.ok(got.every((g) => g.length === 1 && g[0].id === res.id));
+    closeAll(s1, s2);
+  },
+
+  // Offline notifications are replayed after lastNotificationId, in order, none lost or
+  // repeated, then live ones follow; sending continues while the client reconnects.
+  async replay() {
+    const user = uniq("r");
+    const first = await on(0, user, { ns: "/notifications" });
+    const seen = collect(first, "notification");
+    const n0 = await notify(1, user, "m0");
+    await waitFor(() => seen.length === 1, 5000, "first live notification");
+    first.close();
+    const ids = [];
+    for (let i = 1; i <= 20; i++) ids.push((await notify(i, user, `m${i}`)).id);
+    const s = socketFor(user, {
+      url: URLS[URLS.length - 1],
+      ns: "/notifications",
+      auth: { token: token(user), lastNotificationId: n0.id },
+    });
+    const got = collect(s, "notification");
+    // keep sending while the client connects and replays
+    const sending = (async () => {
+      for (let i = 21; i <= 40; i++) ids.push((await notify(i, user, `m${i}`)).id);
+    })();
+    await connected(s);
+    await sending;
+    await waitFor(() => got.length >= 40, 10000, "40 notifications");
+    await sleep(300);
+    assert.deepEqual(got.map((n) => n.message), Array.from({ length: 40 }, (_, i) => `m${i + 1}`));
+    assert.deepEqual(got.map((n) => n.id), ids);
+    closeAll(s);
+  },
+
+  // Rooms a user joined are restored when the user reconnects to another node.
+  async rooms_restored() {
+    const user = uniq("u");
+    const r1 = uniq("r1");
+    const r2 = uniq("r2");
+    const s = await on(0, user);
+    await ack(s, "join-room", r1);
+    await ack(s, "join-room", r2);
+    await ack(s, "leave-room", r2);
+    const r3 = uniq("r3");
+    await ack(s, "join-room", r3);
+    s.close();
+    const again = socketFor(user, { url: URLS[1] });
+    const restored = once(again, "rooms-restored", 10000);
+    await connected(again);
+    const { rooms } = await restored;
+    assert.deepEqual([...rooms].sort(), [r1, r3].sort());
+    // messages to a restored room reach the user, and the user may send to it at once
+    const other = await on(2, uniq("other"));
+    await ack(other, "join-room", r1);
+    const got = collect(again, "room-message");
+    await ack(other, "room-message", { room: r1, text: "welcome back" });
+    await waitFor(() => got.length === 1, 5000, "message in a restored room");
+    const sent = await ack(again, "room-message", { room: r3, text: "still here" });
+    assert.ok(sent.id);
+    closeAll(again, other);
+  },
+
+  // A node is SIGKILLed: its users' presence expires with its lease, `presence` offline is
+  // emitted once, and the other node's client notices nothing else.
+  async presence_kill() {
+    const room = uniq("p");
+    const victimPid = Number(process.env.VICTIM_PID);
+    const watcher = await on(0, uniq("watcher"));
+    await ack(watcher, "join-room", room);
+    const presence = collect(watcher, "presence");
+    const doomedUser = uniq("doomed");
+    const doomed = await on(1, doomedUser);
+    await ack(doomed, "join-room", room);
+    await waitFor(() => presence.some((p) => p.userId === doomedUser && p.online), 5000, "online presence");
+    let p = await api(`/api/presence/${room}`, { method: "GET", url: URLS[0] });
+    assert.equal(p.body.count, 2);
+    doomed.io.opts.reconnection = false;
+    process.kill(victimPid, "SIGKILL");
+    await waitFor(
+      () => presence.some((x) => x.userId === doomedUser && x.online === false),
+      15000,
+      "offline presence after the lease expired",
+    );
+    p = await api(`/api/presence/${room}`, { method: "GET", url: URLS[0] });
+    assert.equal(p.body.count, 1, JSON.stringify(p.body));
+    await sleep(1500);
+    assert.equal(presence.filter((x) => x.userId === doomedUser && !x.online).length, 1, "offline emitted once");
+    assert.ok(watcher.connected, "the other node's client is still connected");
+    assert.ok((await ack(watcher, "room-message", { room, text: "still here" })).id);
+    closeAll(watcher, doomed);
+  },
+
+  // Redis is killed and restarted on the same port while clients stay connected.
+  async redis_restart() {
+    const port = process.env.REDIS_PORT;
+    const redisPid = Number(process.env.REDIS_PID);
+    const room = uniq("rr");
+    const a = await on(0, uniq("a"));
+    const b = await on(1, uniq("b"));
+    await ack(a, "join-room", room);
+    await ack(b, "join-room", room);
+    const gotB = collect(b, "room-message");
+    await ack(a, "room-message", { room, text: "before" });
+    await waitFor(() => gotB.length === 1, 5000, "delivery before the outage");
+
+    process.kill(redisPid, "SIGKILL");
+    await waitFor(async () => {
+      const r = await Promise.all(URLS.map((u) => fetch(u + "/readyz").then((x) => x.status)));
+      return r.every((s) => s === 503);
+    }, 10000, "every node unready");
+    // while Redis is down: sends are reported as failed, never as delivered
+    const failed = await ack(a, "room-message", { room, text: "during" }, 8000);
+    assert.equal(failed?.error?.code, "unavailable", JSON.stringify(failed));
+    const n = await api("/api/notify", { url: URLS[0], body: { userId: "x", message: "during" } });
+    assert.equal(n.status, 503, n.text);
+
+    const redis = spawn("redis-server", ["--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+      stdio: "ignore",
+      detached: true,
+    });
+    redis.unref();
+    await waitFor(async () => {
+      const r = await Promise.all(URLS.map((u) => fetch(u + "/readyz").then((x) => x.status)));
+      return r.every((s) => s === 200);
+    }, 20000, "every node ready again");
+    await ack(a, "room-message", { room, text: "after" });
+    await waitFor(() => gotB.length === 2, 5000, "cross-node delivery after the restart");
+    assert.deepEqual(gotB.map((m) => m.text), ["before", "after"], "the failed message was never delivered");
+    closeAll(a, b);
+  },
+});
