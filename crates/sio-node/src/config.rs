@@ -23,6 +23,8 @@ pub const DEFAULT_REDIS_PREFIX: &str = "sio";
 pub const DEFAULT_DRAIN_BATCH: usize = 50;
 /// Default pause between drain batches.
 pub const DEFAULT_DRAIN_INTERVAL: &str = "100ms";
+/// Default wait between being marked draining and closing the first sessions.
+pub const DEFAULT_DRAIN_DELAY: &str = "2s";
 /// Default notifications kept per user.
 pub const DEFAULT_NOTIFICATION_MAXLEN: usize = 1000;
 /// Default lease of registry entries, user sockets and presence.
@@ -147,6 +149,11 @@ pub struct Config {
     /// Pause between drain batches (a random jitter of up to half of it is added).
     #[arg(long, env = "SIO_DRAIN_INTERVAL", value_parser = humantime::parse_duration, default_value = DEFAULT_DRAIN_INTERVAL)]
     pub drain_interval: Duration,
+
+    /// Wait after being marked draining before closing sessions, so proxies stop sending
+    /// new handshakes first (about one proxy health-check interval).
+    #[arg(long, env = "SIO_DRAIN_DELAY", value_parser = humantime::parse_duration, default_value = DEFAULT_DRAIN_DELAY)]
+    pub drain_delay: Duration,
 
     /// Notifications kept per user for offline delivery (Redis `MAXLEN ~`).
     #[arg(long, env = "SIO_NOTIFICATION_MAXLEN", default_value_t = DEFAULT_NOTIFICATION_MAXLEN)]

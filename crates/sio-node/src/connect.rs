@@ -25,9 +25,6 @@ pub enum ConnectRefused {
     /// The shared state could not be read; the client should retry.
     #[error("service unavailable: {0}; retry shortly")]
     Unavailable(String),
-    /// The node is draining and takes no new sockets.
-    #[error("service unavailable: this node is shutting down; reconnect")]
-    Draining,
 }
 
 /// Authenticates a connecting socket and opens its session (not yet in its extensions).
@@ -36,9 +33,6 @@ pub fn admit<A: Adapter>(
     socket: &SocketRef<A>,
     auth: Option<&serde_json::Value>,
 ) -> Result<Arc<SocketSession>, ConnectRefused> {
-    if node.readiness.is_draining() {
-        return Err(ConnectRefused::Draining);
-    }
     match node.auth.authenticate(auth) {
         Ok(user) => {
             let session = SocketSession::new(user);
@@ -102,6 +96,13 @@ pub fn reason_label(reason: DisconnectReason) -> &'static str {
 
 /// Counts the disconnect; the namespace queues its own clean-up after it.
 pub fn disconnected<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, reason: DisconnectReason) {
+    let session_ended = !matches!(
+        reason,
+        DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect
+    );
+    if session_ended {
+        node.drain.forget(&socket.id.to_string());
+    }
     node.metrics
         .disconnects
         .with_label_values(&[socket.ns(), reason_label(reason)])

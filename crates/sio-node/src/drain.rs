@@ -1,23 +1,263 @@
-//! Draining a node on shutdown: make its clients reconnect elsewhere, then stop.
+//! Draining a node on shutdown so that its clients reconnect elsewhere and lose nothing.
+//!
+//! The node is first marked draining (`/readyz` 503, registry flag) so proxies stop sending it
+//! handshakes. Then its Engine.IO sessions are closed in paced batches with jitter:
+//! WebSocket connections are cut at the transport and pending long-polls are answered with
+//! an Engine.IO close packet. Either way the official client sees a transport close and
+//! reconnects at once, through the proxy, to another node, where its rooms are restored and
+//! its missed notifications replayed. (A Socket.IO disconnect would instead tell the client
+//! not to reconnect.) Whatever is left when the grace period is nearly over is closed at once.
 
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use socketioxide::SocketIo;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use rand::seq::SliceRandom;
 use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::{SocketIo, TransportType};
+use tokio::sync::Notify;
 
+use crate::conn::{ConnHandle, ConnInfo};
 use crate::state::NodeState;
 
-/// Closes every Engine.IO connection of the node so clients reconnect (to another node,
-/// through the proxy), bounded by `deadline`.
+/// The part of the shutdown that must see every Engine.IO request.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    /// Polling sessions told to close.
+    closing: Mutex<HashSet<String>>,
+    /// Wakes pending long-polls when sessions are added to `closing`.
+    wake: Notify,
+    /// WebSocket connection of each upgraded session (its handshake came over polling, on
+    /// another connection).
+    upgraded: Mutex<HashMap<String, ConnHandle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DrainState {
+    fn is_closing(&self, sid: &str) -> bool {
+        lock(&self.closing).contains(sid)
+    }
+
+    async fn closed(&self, sid: &str) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing(sid) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Forgets a session that ended (called from disconnect handlers).
+    pub fn forget(&self, sid: &str) {
+        lock(&self.upgraded).remove(sid);
+        lock(&self.closing).remove(sid);
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn engine_close() -> Response {
+    // An Engine.IO v4 close packet: the client reconnects (reason "transport close").
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        "1",
+    )
+        .into_response()
+}
+
+fn session_unknown() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(r#"{"code":1,"message":"Session ID unknown"}"#),
+    )
+        .into_response()
+}
+
+/// Middleware in front of the Engine.IO service: remembers which connection carries each
+/// upgraded WebSocket, and closes polling sessions being drained.
+pub async fn engine_guard(
+    State(node): State<std::sync::Arc<NodeState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !req.uri().path().starts_with("/socket.io") {
+        return next.run(req).await;
+    }
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let Some(sid) = query_param(&query, "sid").map(str::to_owned) else {
+        return next.run(req).await;
+    };
+    let drain = &node.drain;
+    match query_param(&query, "transport") {
+        Some("websocket") => {
+            if drain.is_closing(&sid) {
+                return session_unknown();
+            }
+            if let Some(ConnectInfo(info)) = req.extensions().get::<ConnectInfo<ConnInfo>>() {
+                lock(&drain.upgraded).insert(sid, info.handle.clone());
+            }
+            next.run(req).await
+        }
+        Some("polling") if drain.is_closing(&sid) => {
+            if req.method() == Method::GET {
+                engine_close()
+            } else {
+                session_unknown()
+            }
+        }
+        Some("polling") if req.method() == Method::GET => {
+            let node = node.clone();
+            tokio::select! {
+                res = next.run(req) => res,
+                _ = node.drain.closed(&sid) => engine_close(),
+            }
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Every Engine.IO session of this node with its sockets (one per namespace).
+fn sessions<A: Adapter>(io: &SocketIo<A>) -> HashMap<String, Vec<SocketRef<A>>> {
+    let mut out: HashMap<String, Vec<SocketRef<A>>> = HashMap::new();
+    for ns in io.nsps() {
+        for s in ns.local().sockets() {
+            out.entry(s.id.to_string()).or_default().push(s);
+        }
+    }
+    out
+}
+
+fn connection_of<A: Adapter>(
+    node: &NodeState,
+    sid: &str,
+    socket: &SocketRef<A>,
+) -> Option<ConnHandle> {
+    if let Some(h) = lock(&node.drain.upgraded).get(sid) {
+        return Some(h.clone());
+    }
+    socket
+        .req_parts()
+        .extensions
+        .get::<ConnectInfo<ConnInfo>>()
+        .map(|ConnectInfo(info)| info.handle.clone())
+}
+
+/// Closes every session of the node in batches of `--drain-batch`, `--drain-interval` apart
+/// (plus up to half of it in jitter), and the rest at once one second before `deadline`.
 pub async fn drain<A: Adapter>(node: &NodeState, io: &SocketIo<A>, deadline: Instant) {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let total: usize = io
-        .nsps()
-        .into_iter()
-        .map(|ns| ns.local().sockets().len())
-        .sum();
-    tracing::info!(sockets = total, node = %node.node_id, "closing connections");
-    if tokio::time::timeout(left, io.close()).await.is_err() {
+    let batch = node.config.drain_batch.max(1);
+    let interval = node.config.drain_interval;
+    let started = Instant::now();
+    let total = sessions(io).len();
+    tracing::info!(
+        sessions = total,
+        batch,
+        ?interval,
+        "draining: closing sessions in batches"
+    );
+    let hard_stop = deadline
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or(deadline);
+    let mut handled: HashSet<String> = HashSet::new();
+    let mut polling_closed: Vec<SocketRef<A>> = Vec::new();
+    // New sessions may still arrive until every proxy has seen this node draining: keep
+    // sweeping until none is left.
+    while Instant::now() < hard_stop {
+        let all = sessions(io);
+        if all.is_empty() {
+            break;
+        }
+        let mut open: Vec<(String, Vec<SocketRef<A>>)> = all
+            .into_iter()
+            .filter(|(sid, _)| !handled.contains(sid))
+            .collect();
+        if open.is_empty() {
+            // every session was told to close: end the polling ones on this side too, then
+            // wait for the teardown to finish
+            for s in polling_closed.drain(..) {
+                let _ = s.disconnect();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        open.shuffle(&mut rand::rng());
+        for chunk in open.chunks(batch) {
+            // Server-side clean-up of polling sessions told to close in the previous batch.
+            for s in polling_closed.drain(..) {
+                let _ = s.disconnect();
+            }
+            for (sid, sockets) in chunk {
+                let first = &sockets[0];
+                let handle = (first.transport_type() == TransportType::Websocket)
+                    .then(|| connection_of(node, sid, first))
+                    .flatten();
+                match handle {
+                    Some(h) => h.kill(),
+                    None => {
+                        lock(&node.drain.closing).insert(sid.clone());
+                        polling_closed.extend(sockets.iter().cloned());
+                    }
+                }
+                handled.insert(sid.clone());
+            }
+            node.drain.wake.notify_waiters();
+            node.metrics.drained_sessions.inc_by(chunk.len() as u64);
+            let jitter = interval.mul_f64(rand::rng().random_range(0.0..0.5));
+            let pause =
+                (interval + jitter).min(hard_stop.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            if Instant::now() >= hard_stop {
+                break;
+            }
+        }
+    }
+    let closed = handled.len();
+    for s in polling_closed.drain(..) {
+        let _ = s.disconnect();
+    }
+    let left = sessions(io).len();
+    tracing::info!(
+        closed,
+        left,
+        elapsed = ?started.elapsed(),
+        "drain done; closing what is left"
+    );
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(rest, io.close()).await.is_err() {
         tracing::warn!("connections still closing at the end of the grace period");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        let q = "EIO=4&transport=polling&t=abc&sid=AAAABBBBCCCCDDDD";
+        assert_eq!(query_param(q, "sid"), Some("AAAABBBBCCCCDDDD"));
+        assert_eq!(query_param(q, "transport"), Some("polling"));
+        assert_eq!(query_param(q, "nope"), None);
     }
 }

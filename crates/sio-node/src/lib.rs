@@ -10,6 +10,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod conformance;
+pub mod conn;
 pub mod connect;
 pub mod dashboard;
 pub mod drain;

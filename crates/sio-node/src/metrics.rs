@@ -34,6 +34,8 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// Notifications handed to sockets (live or replayed).
     pub notifications_delivered: IntCounter,
+    /// Engine.IO sessions closed by the drain.
+    pub drained_sessions: IntCounter,
     /// 1 while the node should get new handshakes.
     pub ready: IntGauge,
     /// 1 once the node is draining.
@@ -138,6 +140,11 @@ impl Metrics {
             "Notifications handed to sockets, live or replayed",
         )
         .expect("metric");
+        let drained_sessions = IntCounter::new(
+            "sio_drained_sessions_total",
+            "Engine.IO sessions closed by the drain so their clients reconnect elsewhere",
+        )
+        .expect("metric");
         let ready = IntGauge::new("sio_node_ready", "1 while the node accepts new handshakes")
             .expect("metric");
         let draining =
@@ -164,6 +171,7 @@ impl Metrics {
             Box::new(api_duration.clone()),
             Box::new(notifications.clone()),
             Box::new(notifications_delivered.clone()),
+            Box::new(drained_sessions.clone()),
             Box::new(ready.clone()),
             Box::new(draining.clone()),
             Box::new(build_info),
@@ -189,6 +197,7 @@ impl Metrics {
             api_duration,
             notifications,
             notifications_delivered,
+            drained_sessions,
             ready,
             draining,
         }

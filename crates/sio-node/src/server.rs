@@ -1,7 +1,6 @@
 //! Assembles and runs a node: Socket.IO namespaces, HTTP routes, background tasks, and the
 //! shutdown that drains it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -146,6 +145,7 @@ fn new_state(
         started_at_ms: sio_redis_adapter::types::now_ms(),
         fanout: std::sync::OnceLock::new(),
         rates: std::sync::Mutex::new(Rates::default()),
+        drain: crate::drain::DrainState::default(),
         config,
     }))
 }
@@ -273,7 +273,12 @@ where
             .merge(api::routes(api))
             .layer(layer)
     };
-    let app = app.layer(cors(&node.config));
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            drain::engine_guard,
+        ))
+        .layer(cors(&node.config));
 
     let tasks = TaskTracker::new();
     let background = CancellationToken::new();
@@ -283,8 +288,8 @@ where
     let local = listener.local_addr()?;
     let server_stop = CancellationToken::new();
     let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        crate::conn::Listener(listener),
+        app.into_make_service_with_connect_info::<crate::conn::ConnInfo>(),
     )
     .with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
@@ -314,6 +319,11 @@ where
     if let Err(e) = node.store.heartbeat(&info, node.config.lease_ttl).await {
         tracing::warn!("could not mark this node draining in the registry: {e}");
     }
+    let delay = node.config.drain_delay.min(node.config.shutdown_grace / 3);
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = wait_until_empty(&io) => {}
+    }
     drain::drain(&node, &io, deadline).await;
     server_stop.cancel();
     background.cancel();
@@ -328,6 +338,16 @@ where
     }
     tracing::info!("sio-node stopped");
     Ok(())
+}
+
+async fn wait_until_empty<A: Adapter>(io: &SocketIo<A>) {
+    while io
+        .nsps()
+        .iter()
+        .any(|ns| !ns.clone().local().sockets().is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn server_stopped(

@@ -94,6 +94,8 @@ pub struct NodeState {
     pub fanout: std::sync::OnceLock<NotificationFanout>,
     /// Events per second, refreshed by the stats task.
     pub rates: std::sync::Mutex<Rates>,
+    /// Sessions being closed by the drain.
+    pub drain: crate::drain::DrainState,
 }
 
 impl std::fmt::Debug for NodeState {

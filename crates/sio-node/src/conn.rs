@@ -1,0 +1,204 @@
+//! Accepted connections that the node can close on its own terms.
+//!
+//! Draining must make every client reconnect elsewhere. An Engine.IO `close` or a Socket.IO
+//! server-side disconnect would tell the official client not to reconnect, so WebSocket
+//! connections are instead closed at the transport (the client sees `transport close` and
+//! reconnects at once). [`Listener`] hands out [`Conn`]s whose [`ConnHandle`] can cut
+//! them; every request carries the handle of its connection in [`ConnInfo`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Default)]
+struct ConnState {
+    killed: AtomicBool,
+    reader: AtomicWaker,
+}
+
+/// Closes one accepted connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnHandle(Arc<ConnState>);
+
+impl ConnHandle {
+    /// Makes every further read and write of the connection fail, waking a pending read,
+    /// so whoever drives it (hyper, the WebSocket) drops it and the socket closes.
+    pub fn kill(&self) {
+        self.0.killed.store(true, Ordering::SeqCst);
+        self.0.reader.wake();
+    }
+
+    /// True once killed.
+    pub fn is_killed(&self) -> bool {
+        self.0.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP connection that a [`ConnHandle`] can cut.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    handle: ConnHandle,
+}
+
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by the node (draining)",
+    )
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.handle.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        self.handle.0.reader.register(cx.waker());
+        if self.handle.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.handle.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.handle.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The node's listener: TCP with `TCP_NODELAY` (small Socket.IO frames must not wait for
+/// Nagle), handing out killable connections.
+#[derive(Debug)]
+pub struct Listener(pub TcpListener);
+
+impl axum::serve::Listener for Listener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Conn {
+                        stream,
+                        handle: ConnHandle::default(),
+                    };
+                    return (conn, addr);
+                }
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    tracing::error!("accept failed: {e} (open-files limit reached?)");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Peer address and kill switch of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Closes the connection.
+    pub handle: ConnHandle,
+}
+
+impl Connected<IncomingStream<'_, Listener>> for ConnInfo {
+    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
+        ConnInfo {
+            peer: *stream.remote_addr(),
+            handle: stream.io().handle.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn killing_wakes_a_pending_read_and_fails_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = Listener(listener);
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
+        let (mut conn, _) = axum::serve::Listener::accept(&mut listener).await;
+        let _client = client.await.unwrap();
+        let handle = conn.handle.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let r = conn.read(&mut buf).await;
+            (r, conn)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.kill();
+        let (r, mut conn) = tokio::time::timeout(Duration::from_secs(2), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
+        assert!(conn.write_all(b"x").await.is_err());
+    }
+}
