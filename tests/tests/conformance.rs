@@ -3,7 +3,11 @@
 use sio_tests::{Node, run_js};
 
 fn conformance(scenario: &str) {
-    let n = Node::start(&format!("conformance-{scenario}"), "conf", &["--conformance", "--auth", "none"]);
+    let n = Node::start(
+        &format!("conformance-{scenario}"),
+        "conf",
+        &["--conformance", "--auth", "none"],
+    );
     run_js(
         "conformance.mjs",
         &[("SCENARIO", scenario.to_owned()), ("URL", n.url())],

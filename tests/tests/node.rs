@@ -34,9 +34,28 @@ fn all_modes(test: &str, name: &str) -> Node {
 fn auth_accepts_valid_tokens_and_refuses_others_with_a_reason() {
     let n = all_modes("auth", "auth");
     let m = n.metrics();
-    assert!(metric(&m, "sio_auth_failures_total", &[("reason", "missing_token")]) >= 6.0, "{m}");
-    assert!(metric(&m, "sio_auth_failures_total", &[("reason", "invalid_token")]) >= 6.0);
-    assert!(metric(&m, "sio_auth_failures_total", &[("reason", "expired_token")]) >= 3.0);
+    assert!(
+        metric(
+            &m,
+            "sio_auth_failures_total",
+            &[("reason", "missing_token")]
+        ) >= 6.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sio_auth_failures_total",
+            &[("reason", "invalid_token")]
+        ) >= 6.0
+    );
+    assert!(
+        metric(
+            &m,
+            "sio_auth_failures_total",
+            &[("reason", "expired_token")]
+        ) >= 3.0
+    );
 }
 
 #[test]
@@ -81,9 +100,27 @@ fn missed_notifications_are_replayed_in_order() {
 fn http_api_checks_keys_and_bodies() {
     let n = all_modes("api", "api");
     let m = n.metrics();
-    assert!(metric(&m, "sio_api_requests_total", &[("route", "/api/notify"), ("status", "401")]) >= 6.0);
-    assert!(metric(&m, "sio_api_requests_total", &[("route", "/api/emit"), ("status", "200")]) >= 6.0);
-    assert!(metric(&m, "sio_api_requests_total", &[("route", "/api/notify"), ("status", "413")]) >= 3.0);
+    assert!(
+        metric(
+            &m,
+            "sio_api_requests_total",
+            &[("route", "/api/notify"), ("status", "401")]
+        ) >= 6.0
+    );
+    assert!(
+        metric(
+            &m,
+            "sio_api_requests_total",
+            &[("route", "/api/emit"), ("status", "200")]
+        ) >= 6.0
+    );
+    assert!(
+        metric(
+            &m,
+            "sio_api_requests_total",
+            &[("route", "/api/notify"), ("status", "413")]
+        ) >= 3.0
+    );
 }
 
 #[test]
@@ -143,14 +180,35 @@ fn health_and_readiness_probes() {
 fn malformed_engine_io_requests_get_400_and_the_node_stays_up() {
     let n = node("malformed");
     let post = |path: &str, body: &str| {
-        http(n.addr, "POST", path, &[("Content-Type", "text/plain;charset=UTF-8")], Some(body))
-            .unwrap()
-            .0
+        http(
+            n.addr,
+            "POST",
+            path,
+            &[("Content-Type", "text/plain;charset=UTF-8")],
+            Some(body),
+        )
+        .unwrap()
+        .0
     };
-    assert_eq!(http_get(n.addr, "/socket.io/?EIO=9&transport=polling").unwrap().0, 400);
-    assert_eq!(http_get(n.addr, "/socket.io/?EIO=4&transport=carrier").unwrap().0, 400);
     assert_eq!(
-        http_get(n.addr, "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAA").unwrap().0,
+        http_get(n.addr, "/socket.io/?EIO=9&transport=polling")
+            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(
+        http_get(n.addr, "/socket.io/?EIO=4&transport=carrier")
+            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(
+        http_get(
+            n.addr,
+            "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAA"
+        )
+        .unwrap()
+        .0,
         400
     );
     assert_eq!(post("/socket.io/?EIO=4&transport=polling", "40"), 400);
@@ -163,7 +221,10 @@ fn malformed_engine_io_requests_get_400_and_the_node_stays_up() {
         .and_then(|s| s.split('"').next())
         .unwrap()
         .to_owned();
-    let status = post(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), "4garbage{{{");
+    let status = post(
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        "4garbage{{{",
+    );
     assert!(status == 200 || status == 400, "{status}");
     assert_eq!(http_get(n.addr, "/readyz").unwrap().0, 200);
     scenario(&n, "chat", "websocket");
@@ -175,6 +236,10 @@ fn sigterm_makes_the_node_unready_closes_sockets_and_exits_in_time() {
     scenario(&n, "chat", "websocket");
     n.proc.signal("TERM");
     let status = n.proc.wait_exit(Duration::from_secs(8));
-    assert!(status.is_some(), "node did not exit within the grace period:\n{}", n.proc.log_text());
+    assert!(
+        status.is_some(),
+        "node did not exit within the grace period:\n{}",
+        n.proc.log_text()
+    );
     assert!(status.unwrap().success(), "{}", n.proc.log_text());
 }
