@@ -15,7 +15,33 @@ async function notify(i, userId, message) {
   return r.body;
 }
 
+async function promQuery(q) {
+  const r = await fetch(`${process.env.PROM_URL}/api/v1/query?query=${encodeURIComponent(q)}`);
+  const body = await r.json();
+  const v = body?.data?.result?.[0]?.value?.[1];
+  return v === undefined ? null : Number(v);
+}
+
 main({
+  // Clients over every node and every transport; a real Prometheus scraping the nodes sees
+  // the connection gauge summed over nodes equal to the number of clients, then zero.
+  async prometheus() {
+    const n = Number(process.env.CLIENTS || 30);
+    const modes = ["polling", "websocket", "upgrade"];
+    const sockets = await Promise.all(
+      Array.from({ length: n }, (_, i) => on(i, uniq(`p${i}`), { mode: modes[i % 3] })),
+    );
+    const query = 'sum(sio_connections{job="sio-node"})';
+    await waitFor(async () => (await promQuery(query)) === n, 20000, `${query} == ${n}`);
+    const perNode = await promQuery('count(sum by (instance) (sio_connections{job="sio-node"}) > 0)');
+    assert.equal(perNode, URLS.length, "every node serves clients");
+    closeAll(sockets);
+    await waitFor(async () => (await promQuery(query)) === 0, 30000, `${query} back to 0`);
+    const negative = await promQuery('count(sio_connections < 0)');
+    assert.ok(negative === null || negative === 0, "no negative gauge");
+    return { clients: n, gauge: n };
+  },
+
   // A room message from node 1 reaches members on every node exactly once; a chat-message
   // from the last node reaches every socket of the namespace exactly once.
   async room_fanout() {
