@@ -17,7 +17,7 @@ build: deps ## Build every crate and binary (debug)
 release: deps ## Build the release binaries
 	$(CARGO) build --workspace --release --bins
 
-run: release ## Start a local node on 127.0.0.1:3000 in the foreground (Ctrl-C stops it)
+run: release ## Start a local cluster (redis, 3 nodes, proxy on 127.0.0.1:4000) in the foreground; Ctrl-C stops it
 	@deploy/local/run.sh
 
 test: build ## Run every test: unit, whole-process with real Redis and official clients, manifests

@@ -1,12 +1,75 @@
 #!/usr/bin/env bash
-# `make run`: starts a local sio-node on 127.0.0.1:3000 in the foreground with development
-# secrets, prints how to connect, and stops everything it started on Ctrl-C.
+# `make run`: a whole local cluster in the foreground: redis-server (unless REDIS_URL is
+# given), three sio-node processes and sio-proxy on 127.0.0.1:4000. Prints the URL, a
+# development JWT and a client snippet. Ctrl-C stops everything it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="${SIO_BIN_DIR:-$root/target/release}"
 secret="${SIO_JWT_SECRET:-dev-secret-change-me-dev-secret-change-me}"
 api_key="${SIO_API_KEY:-dev-api-key}"
-port="${PORT:-3000}"
+proxy_port="${PROXY_PORT:-4000}"
+nodes="${NODES:-3}"
+run_dir="$root/target/run"
+mkdir -p "$run_dir"
+
+for b in sio-node sio-proxy; do
+  [ -x "$bin/$b" ] || { echo "run: $bin/$b is missing; run 'make run' (it builds in release mode)" >&2; exit 1; }
+done
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping…"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup INT TERM EXIT
+
+wait_http() { # url, what
+  for _ in $(seq 1 200); do
+    if curl -fsS "$1" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "run: $2 did not become ready ($1); see $run_dir/*.log" >&2
+  exit 1
+}
+
+if [ -n "${REDIS_URL:-}" ]; then
+  redis_url="$REDIS_URL"
+else
+  command -v redis-server >/dev/null || "$root/deploy/local/deps.sh"
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$run_dir/redis.log" 2>&1 &
+  pids+=($!)
+  redis_url="redis://127.0.0.1:$redis_port"
+  for _ in $(seq 1 100); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
+
+backends=()
+for i in $(seq 1 "$nodes"); do
+  port=$(free_port)
+  SIO_JWT_SECRET="$secret" SIO_API_KEY="$api_key" "$bin/sio-node" \
+    --listen "127.0.0.1:$port" --node-id "node-$i" --redis-url "$redis_url" --cors-origin '*' \
+    >"$run_dir/node-$i.log" 2>&1 &
+  pids+=($!)
+  backends+=("127.0.0.1:$port")
+done
+for b in "${backends[@]}"; do wait_http "http://$b/readyz" "sio-node $b"; done
+
+metrics_port=$(free_port)
+"$bin/sio-proxy" --listen "127.0.0.1:$proxy_port" --metrics-listen "127.0.0.1:$metrics_port" \
+  --backends-redis "$redis_url" >"$run_dir/proxy.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$proxy_port/healthz" "sio-proxy"
 
 token=$(node -e '
 const c = require("crypto");
@@ -18,41 +81,31 @@ const s = b(c.createHmac("sha256", process.argv[1]).update(h + "." + p).digest()
 console.log(h + "." + p + "." + s);
 ' "$secret" "alice")
 
-pids=()
-cleanup() {
-  trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup INT TERM EXIT
-
-SIO_JWT_SECRET="$secret" SIO_API_KEY="$api_key" "$bin/sio-node" \
-  --listen "127.0.0.1:$port" --node-id node-1 --cors-origin '*' &
-pids+=($!)
-
-for _ in $(seq 1 100); do
-  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
-
+url="http://127.0.0.1:$proxy_port"
 cat <<EOM
 
-sio-node is running at http://127.0.0.1:$port   (Ctrl-C stops it)
+sio-cluster is running: $url   (Ctrl-C stops everything)
+  redis      $redis_url
+  nodes      ${backends[*]}   (logs in target/run/)
+  proxy      $url, metrics http://127.0.0.1:$metrics_port/metrics
 
 Development JWT for user "alice" (HS256, secret "$secret", valid 7 days):
   $token
 
 Client (npm i socket.io-client):
   import { io } from "socket.io-client";
-  const socket = io("http://127.0.0.1:$port", { auth: { token: "$token" } });
+  const token = "$token";
+  const socket = io("$url", { auth: { token } });
   socket.on("connect", () => socket.emit("join-room", "general"));
-  socket.on("room-message", (m) => console.log(m));
-  const notes = io("http://127.0.0.1:$port/notifications", { auth: { token: "$token" } });
+  socket.on("room-message", (m) => console.log(m.sender + ": " + m.text));
+  socket.emit("room-message", { room: "general", text: "hello" }, (ack) => console.log(ack));
+  const notes = io("$url/notifications", { auth: { token } });
   notes.on("notification", (n) => console.log("notification", n));
 
-Push a notification:
-  curl -s -X POST http://127.0.0.1:$port/api/notify -H 'Authorization: Bearer $api_key' \\
+Push a notification (reaches alice on whichever node she is):
+  curl -s -X POST $url/api/notify -H 'Authorization: Bearer $api_key' \\
        -H 'Content-Type: application/json' -d '{"userId":"alice","message":"hello"}'
 
 EOM
-wait "${pids[0]}"
+wait -n "${pids[@]}" || true
+echo "run: a process exited; see $run_dir/*.log" >&2

@@ -520,3 +520,78 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
         .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// A running `sio-proxy`.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The process.
+    pub proc: Proc,
+    /// Client-facing address.
+    pub addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
+}
+
+/// The sid secret the tests' proxies share.
+pub const SID_SECRET: &str = "test-sid-secret-shared-by-every-replica";
+
+impl Proxy {
+    /// Starts a proxy on a free port with `extra` flags and waits for its `/healthz`.
+    pub fn start(test: &str, name: &str, extra: &[&str]) -> Self {
+        Self::start_on(test, name, free_port(), extra)
+    }
+
+    /// Starts a proxy on `port` (to restart a replica on the same address).
+    pub fn start_on(test: &str, name: &str, port: u16, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(bin("sio-proxy"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SIO_LOG", "info")
+            .args(["--listen", &addr.to_string()])
+            .args(["--metrics-listen", &metrics_addr.to_string()])
+            .args(["--sid-secret", SID_SECRET])
+            .args(["--health-interval", "500ms", "--discovery-interval", "1s"])
+            .args(extra);
+        let proc = Proc::spawn(name, cmd, log_dir(test).join(format!("{name}.log")));
+        let p = Self {
+            proc,
+            addr,
+            metrics_addr,
+        };
+        let ok = wait_until(Duration::from_secs(20), || {
+            matches!(http_get(p.addr, "/healthz"), Ok((200, _)))
+        });
+        assert!(ok, "{name} did not start:\n{}", p.proc.log_text());
+        p
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The proxy's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Waits until the proxy reports `n` healthy backends.
+    pub fn wait_healthy_backends(&self, n: usize, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            metric(&self.metrics(), "sio_proxy_backend_healthy", &[]) as usize == n
+        });
+        assert!(
+            ok,
+            "proxy never saw {n} healthy backends:\n{}",
+            self.metrics()
+                .lines()
+                .filter(|l| l.starts_with("sio_proxy_backend"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

@@ -32,7 +32,7 @@ pub const DEFAULT_LEASE_TTL: &str = "15s";
 /// Default period of `cluster-stats` on `/dashboard`.
 pub const DEFAULT_DASHBOARD_INTERVAL: &str = "2s";
 /// Default packets buffered per socket before emits fail.
-pub const DEFAULT_MAX_BUFFER_SIZE: usize = 128;
+pub const DEFAULT_MAX_BUFFER_SIZE: usize = 1024;
 /// Default WebSocket read buffer per connection, bytes.
 pub const DEFAULT_WS_READ_BUFFER: usize = 4096;
 

@@ -261,6 +261,18 @@ impl RedisStore {
                     .srem(self.keys.presence_rooms(), room.as_str())
                     .await;
                 self.count(r)?;
+                // A join that ran between the ZCARD and the SREM listed the room before the
+                // SREM (a no-op: it was still listed), so the room is now unlisted with a
+                // user in it, and no sweep would ever report that user offline. Look again
+                // and list it back; a join after this look lists it after the SREM itself.
+                let r: Result<u64, _> = self.client.zcard(&users_key).await;
+                if self.count(r)? > 0 {
+                    let r: Result<(), _> = self
+                        .client
+                        .sadd(self.keys.presence_rooms(), room.as_str())
+                        .await;
+                    self.count(r)?;
+                }
             }
         }
         Ok(gone)
