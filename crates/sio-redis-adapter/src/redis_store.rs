@@ -11,9 +11,9 @@ use fred::clients::Client;
 use fred::interfaces::{
     HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
 };
-use fred::types::SetOptions;
 use fred::types::scripts::Script;
 use fred::types::sorted_sets::Ordering as ZOrdering;
+use fred::types::{ExpireOptions, SetOptions};
 
 use crate::error::{StoreError, StoreResult};
 use crate::keys::Keys;
@@ -132,7 +132,17 @@ impl RedisStore {
             .zadd(&key, None, None, false, false, (exp as f64, entry.member()))
             .await;
         self.count(r)?;
-        let r: Result<(), _> = self.client.pexpire_at(&key, exp as i64, None).await;
+        // Never shorten the key's life: other nodes' sockets in it may have later leases (a
+        // longer --lease-ttl, a clock ahead). GT extends an expiry, NX sets a new key's.
+        let r: Result<(), _> = self
+            .client
+            .pexpire_at(&key, exp as i64, Some(ExpireOptions::GT))
+            .await;
+        self.count(r)?;
+        let r: Result<(), _> = self
+            .client
+            .pexpire_at(&key, exp as i64, Some(ExpireOptions::NX))
+            .await;
         self.count(r)
     }
 
@@ -296,7 +306,9 @@ impl RedisStore {
                     (exp as f64, entry.member()),
                 )
                 .await?;
-            let _: () = pipe.pexpire_at(&key, exp as i64, None).await?;
+            let _: () = pipe
+                .pexpire_at(&key, exp as i64, Some(ExpireOptions::GT))
+                .await?;
         }
         for m in &leases.memberships {
             let sockets = self.keys.presence_sockets(&m.room, &m.user);
@@ -311,7 +323,9 @@ impl RedisStore {
                     (exp as f64, m.sid.as_str()),
                 )
                 .await?;
-            let _: () = pipe.pexpire_at(&sockets, exp as i64, None).await?;
+            let _: () = pipe
+                .pexpire_at(&sockets, exp as i64, Some(ExpireOptions::GT))
+                .await?;
             let _: () = pipe
                 .zadd(
                     &users,
@@ -323,7 +337,7 @@ impl RedisStore {
                 )
                 .await?;
             let _: () = pipe
-                .pexpire_at(&users, exp as i64, Some(fred::types::ExpireOptions::GT))
+                .pexpire_at(&users, exp as i64, Some(ExpireOptions::GT))
                 .await?;
         }
         let r: Result<Vec<fred::types::Value>, _> = pipe.all().await;
