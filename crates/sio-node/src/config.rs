@@ -34,7 +34,7 @@ pub const DEFAULT_DASHBOARD_INTERVAL: &str = "2s";
 /// Default packets buffered per socket before emits fail.
 pub const DEFAULT_MAX_BUFFER_SIZE: usize = 1024;
 /// Default WebSocket read buffer per connection, bytes.
-pub const DEFAULT_WS_READ_BUFFER: usize = 4096;
+pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
 
 /// How clients authenticate on connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

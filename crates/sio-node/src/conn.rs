@@ -173,6 +173,67 @@ impl Connected<IncomingStream<'_, Listener>> for ConnInfo {
     }
 }
 
+/// Longest a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (and read buffer) accepted, bytes; a larger one gets `431`.
+pub const MAX_HEAD_SIZE: usize = 64 * 1024;
+
+/// Serves `app` over HTTP/1.1 (with upgrades) on `listener` until `stop` is cancelled, then
+/// lets every open connection finish its current request.
+///
+/// Why not `axum::serve`: HTTP/1.1 only (Socket.IO clients never speak HTTP/2 to a node, and
+/// the auto-detecting server keeps more per connection), a header read timeout, a bound on
+/// the request head, and the [`ConnInfo`] of each connection in every request.
+pub async fn serve(
+    mut listener: Listener,
+    app: axum::Router,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use axum::serve::Listener as _;
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => break,
+        };
+        let info = ConnInfo {
+            peer,
+            handle: io.handle.clone(),
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(info.clone()));
+                    tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_SIZE)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::trace!(%peer, "connection ended: {e}");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

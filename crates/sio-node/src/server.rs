@@ -287,12 +287,11 @@ where
 
     let local = listener.local_addr()?;
     let server_stop = CancellationToken::new();
-    let server = axum::serve(
-        crate::conn::Listener(listener),
-        app.into_make_service_with_connect_info::<crate::conn::ConnInfo>(),
-    )
-    .with_graceful_shutdown(server_stop.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    let server = crate::conn::serve(crate::conn::Listener(listener), app, server_stop.clone());
+    let server = tokio::spawn(async move {
+        server.await;
+        Ok::<(), std::io::Error>(())
+    });
     node.readiness.set_serving();
     node.metrics.ready.set(i64::from(node.readiness.is_ready()));
     tracing::info!(
