@@ -3,7 +3,8 @@
 // the proxy trusts from 127.0.0.1, so ip-hash spreads them over the nodes.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { ack, api, closeAll, collect, connected, main, once, sleep, socketFor, waitFor, URL } from "./lib.mjs";
+import { Manager } from "socket.io-client";
+import { ack, api, closeAll, collect, connected, main, once, sleep, socketFor, token, transportOptions, waitFor, URL } from "./lib.mjs";
 
 const NODE_URLS = (process.env.NODE_URLS || "").split(",").filter(Boolean);
 const uniq = (p) => `${p}-${Math.random().toString(36).slice(2, 8)}`;
@@ -46,7 +47,132 @@ async function connectMany(n, tag, modes = ["polling", "websocket", "upgrade"], 
   return sockets;
 }
 
+/** A user as an app would write it: one connection, chat and notifications, remembering the
+ * last notification id so a reconnect (to any node) replays exactly what was missed. */
+function user(name, mode, room) {
+  const manager = new Manager(URL, {
+    forceNew: true,
+    reconnectionDelay: 200,
+    reconnectionDelayMax: 1000,
+    randomizationFactor: 0.5,
+    timeout: 10000,
+    extraHeaders: { "x-forwarded-for": nextIp() },
+    ...transportOptions(mode),
+  });
+  const u = { name, mode, room, notes: [], restored: [], disconnects: 0, lastId: undefined };
+  u.chat = manager.socket("/", { auth: { token: token(name) } });
+  u.inbox = manager.socket("/notifications", {
+    auth: (cb) => cb({ token: token(name), lastNotificationId: u.lastId }),
+  });
+  u.inbox.on("notification", (n) => {
+    u.notes.push(n);
+    u.lastId = n.id;
+  });
+  // where the server says this client stands, even before its first notification
+  u.inbox.on("notifications-synced", ({ lastNotificationId }) => {
+    if (lastNotificationId) u.lastId = lastNotificationId;
+  });
+  u.chat.on("rooms-restored", ({ rooms }) => u.restored.push(rooms));
+  u.chat.on("disconnect", () => (u.disconnects += 1));
+  u.chat.on("connect", () => {
+    if (u.disconnects > 0) u.reconnectedAt = Date.now();
+  });
+  u.manager = manager;
+  return u;
+}
+
 main({
+  // 300 users over 3 nodes, in rooms, a third polling-only. A node is SIGTERMed while
+  // notifications are being sent to everyone: every client is connected again within the
+  // grace period, back in its room, and has every notification exactly once.
+  async drain() {
+    const n = Number(process.env.USERS || 300);
+    const modes = ["polling", "websocket", "upgrade"];
+    const users = Array.from({ length: n }, (_, i) => user(`drain-${i}-${Math.random().toString(36).slice(2, 6)}`, modes[i % 3], `room-${i % 10}`));
+    await Promise.all(users.flatMap((u) => [connected(u.chat, { mode: u.mode, ms: 30000 }), connected(u.inbox, { mode: "polling", ms: 30000 })]));
+    for (let i = 0; i < users.length; i += 50) {
+      await Promise.all(users.slice(i, i + 50).map((u) => ack(u.chat, "join-room", u.room, 20000)));
+    }
+    const apiUrls = (process.env.API_URLS || "").split(",");
+    const sent = new Map(users.map((u) => [u.name, []]));
+    let sending = true;
+    let failures = 0;
+    const sender = (async () => {
+      let i = 0;
+      while (sending) {
+        const u = users[i % users.length];
+        const r = await api("/api/notify", { url: apiUrls[i % apiUrls.length], body: { userId: u.name, message: `n${i}` } });
+        if (r.status === 200) sent.get(u.name).push(r.body.id);
+        else failures += 1;
+        i += 1;
+        if (i % 20 === 0) await sleep(5);
+      }
+    })();
+    await sleep(1500);
+    const t0 = Date.now();
+    process.kill(Number(process.env.VICTIM_PID), "SIGTERM");
+    await waitFor(() => users.some((u) => u.disconnects > 0), 20000, "the victim's clients are drained");
+    await sleep(3000);
+    sending = false;
+    await sender;
+    const grace = Number(process.env.GRACE_MS || 20000);
+    await waitFor(() => users.every((u) => u.chat.connected && u.inbox.connected), grace, "every client connected again");
+    const moved = users.filter((u) => u.disconnects > 0);
+    const reconnectedMs = Math.max(...moved.map((u) => u.reconnectedAt - t0));
+    // every moved user got its room back
+    for (const u of moved) {
+      await waitFor(() => u.restored.some((r) => r.includes(u.room)), 10000, `rooms restored for ${u.name}`);
+    }
+    // every notification exactly once, in the order it was stored
+    const expected = [...sent.values()].reduce((a, v) => a + v.length, 0);
+    try {
+      await waitFor(() => users.every((u) => u.notes.length >= sent.get(u.name).length), 15000, "every notification delivered");
+    } catch (e) {
+      const short = users.filter((u) => u.notes.length < sent.get(u.name).length);
+      const ex = short[0];
+      const want = sent.get(ex.name);
+      const got = ex.notes.map((x) => x.id);
+      console.error(JSON.stringify({
+        short: short.length,
+        moved_short: short.filter((u) => u.disconnects > 0).length,
+        example: { name: ex.name, mode: ex.mode, disconnects: ex.disconnects, lastId: ex.lastId, missing: want.filter((id) => !got.includes(id)), got_tail: got.slice(-3), want_tail: want.slice(-3) },
+      }));
+      throw e;
+    }
+    await sleep(500);
+    let lost = 0;
+    let duplicated = 0;
+    for (const u of users) {
+      const got = u.notes.map((x) => x.id);
+      const want = sent.get(u.name);
+      const seen = new Set();
+      for (const id of got) {
+        if (seen.has(id)) duplicated += 1;
+        seen.add(id);
+      }
+      for (const id of want) if (!seen.has(id)) lost += 1;
+      assert.deepEqual(got, want, `${u.name}: ${got.length} received, ${want.length} sent`);
+    }
+    // rooms work for everyone after the move
+    const byRoom = new Map();
+    for (const u of users) byRoom.set(u.room, [...(byRoom.get(u.room) || []), u]);
+    const [room, members] = [...byRoom.entries()][0];
+    const got = members.map((u) => collect(u.chat, "room-message"));
+    await ack(members[0].chat, "room-message", { room, text: "after the drain" });
+    await waitFor(() => got.every((g) => g.length === 1), 10000, "room message after the drain");
+    for (const u of users) u.manager.engine?.close();
+    for (const u of users) { u.chat.close(); u.inbox.close(); }
+    return {
+      users: n,
+      moved: moved.length,
+      reconnected_all_ms: reconnectedMs,
+      notifications_sent: expected,
+      lost,
+      duplicated,
+      api_failures: failures,
+    };
+  },
+
   // 100 polling, 100 websocket, 100 upgrading clients through one proxy: all connect, all get
   // one room broadcast exactly once, none sees "Session ID unknown", every node serves some.
   async mixed_clients() {

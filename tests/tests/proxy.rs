@@ -339,3 +339,40 @@ fn rand_byte() -> u8 {
         .unwrap_or_default()
         % 250) as u8
 }
+
+#[test]
+fn a_draining_node_loses_no_client_room_or_notification() {
+    let c = Cluster::start(
+        "proxy-drain",
+        3,
+        &[
+            "--lease-ttl",
+            "3s",
+            "--shutdown-grace",
+            "20s",
+            "--drain-delay",
+            "1s",
+        ],
+    );
+    let p = proxy_for("proxy-drain", "proxy", &c, &[]);
+    let victim_pid = c.nodes[1].proc.pid();
+    let api_urls = format!("{},{}", c.nodes[0].url(), c.nodes[2].url());
+    let out = run_js(
+        "proxy.mjs",
+        &[
+            ("SCENARIO", "drain".to_owned()),
+            ("URL", p.url()),
+            ("NODE_URLS", node_urls(&c.nodes)),
+            ("VICTIM_PID", victim_pid.to_string()),
+            ("API_URLS", api_urls),
+            ("GRACE_MS", "20000".to_owned()),
+        ],
+    );
+    eprintln!("drain figures: {out}");
+    let mut c = c;
+    let status = c.nodes[1].proc.wait_exit(Duration::from_secs(25));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the drained node did not exit cleanly in its grace period"
+    );
+}

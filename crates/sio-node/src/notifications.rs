@@ -4,7 +4,10 @@
 //! A client that connects with `auth.lastNotificationId` first receives, in order, every
 //! stored notification after that id, then live ones; a notification published while the
 //! replay runs is held back and delivered after it, and one the replay already delivered is
-//! not delivered again. Each notification therefore reaches each socket exactly once.
+//! not delivered again. Each notification therefore reaches each socket exactly once. Every
+//! connect ends with `notifications-synced` `{lastNotificationId, replayed}`, the id the client
+//! is up to date with (`"0-0"` for a user without notifications), for it to pass back on its
+//! next connect.
 
 use std::sync::Arc;
 
@@ -57,12 +60,11 @@ pub async fn middleware<A: Adapter>(
     let auth = auth.ok();
     let session = connect::admit(&node, &socket, auth.as_ref())?;
     let after = last_notification_id(auth.as_ref())?;
-    if let Some(after) = &after {
-        *session.cursor() = NotificationCursor::Replaying {
-            after: after.clone(),
-            pending: Vec::new(),
-        };
-    }
+    // Live notifications wait until the replay (or the look-up of the newest id) is done.
+    *session.cursor() = NotificationCursor::Replaying {
+        after: after.clone(),
+        pending: Vec::new(),
+    };
     socket.on_disconnect(on_disconnect::<A>);
     socket.join(user_room(session.user.as_str()));
     session
@@ -92,33 +94,50 @@ async fn after_connect<A: Adapter>(
     if let Err(e) = node.store.add_socket(user, &entry).await {
         tracing::warn!(user, "could not record socket: {e}");
     }
-    let Some(after) = after else {
-        return;
+    let replay_failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(user, "notification replay failed: {e}");
+        let _ = socket.emit(
+            "error",
+            &serde_json::json!({
+                "event": "notification",
+                "code": "replay_failed",
+                "message": format!("missed notifications could not be loaded ({e}); reconnect to retry"),
+            }),
+        );
     };
-    let stored = connect::with_retries(|| node.store.notifications_after(user, &after)).await;
-    let stored = match stored {
-        Ok(list) => list,
-        Err(e) => {
-            tracing::warn!(user, "notification replay failed: {e}");
-            let _ = socket.emit(
-                "error",
-                &serde_json::json!({
-                    "event": "notification",
-                    "code": "replay_failed",
-                    "message": format!("missed notifications could not be loaded ({e}); reconnect to retry"),
-                }),
-            );
-            Vec::new()
+    // With a last id: the stored notifications after it. Without: nothing to replay, but the
+    // newest stored id tells the client where it stands (see `notifications-synced`).
+    let (stored, tail) = match &after {
+        Some(after) => {
+            match connect::with_retries(|| node.store.notifications_after(user, after)).await {
+                Ok(list) => (list, None),
+                Err(e) => {
+                    replay_failed(&e);
+                    (Vec::new(), None)
+                }
+            }
         }
+        None => match connect::with_retries(|| node.store.last_notification_id(user)).await {
+            Ok(tail) => (Vec::new(), tail),
+            Err(e) => {
+                replay_failed(&e);
+                (Vec::new(), None)
+            }
+        },
     };
-    let after_id = parse_stream_id(&after);
+    let after_id = after.as_deref().and_then(parse_stream_id);
     // Everything up to the newest stored id was read by the replay; a stream id is never
     // reused nor issued out of order, so live notifications at or below it are duplicates.
-    let floor = stored
-        .iter()
-        .filter_map(|n| parse_stream_id(&n.id))
-        .max()
-        .max(after_id);
+    // Without a replay every live notification is new to this socket.
+    let floor = if after.is_some() {
+        stored
+            .iter()
+            .filter_map(|n| parse_stream_id(&n.id))
+            .max()
+            .max(after_id)
+    } else {
+        None
+    };
     let mut cursor = session.cursor();
     let mut pending = match std::mem::replace(&mut *cursor, NotificationCursor::Live { floor }) {
         NotificationCursor::Replaying { pending, .. } => pending,
@@ -127,13 +146,26 @@ async fn after_connect<A: Adapter>(
     pending.sort_by_key(|n| parse_stream_id(&n.id));
     pending.dedup_by(|a, b| a.id == b.id);
     let mut sent = 0;
-    let replayed = stored.iter().filter(|n| parse_stream_id(&n.id) > after_id);
+    let mut last = floor.max(tail.as_deref().and_then(parse_stream_id));
+    let replayed: Vec<&Notification> = stored
+        .iter()
+        .filter(|n| parse_stream_id(&n.id) > after_id)
+        .collect();
     let held_back = pending.iter().filter(|n| parse_stream_id(&n.id) > floor);
-    for n in replayed.chain(held_back) {
+    for n in replayed.iter().copied().chain(held_back) {
         if socket.emit("notification", n).is_ok() {
             sent += 1;
         }
+        last = last.max(parse_stream_id(&n.id));
     }
+    // "0-0" when the user has no notification yet: passed back on a reconnect, it replays
+    // everything stored since, including what was in flight when the connection dropped.
+    let (ms, seq) = last.unwrap_or((0, 0));
+    let synced = serde_json::json!({
+        "lastNotificationId": format!("{ms}-{seq}"),
+        "replayed": replayed.len(),
+    });
+    let _ = socket.emit("notifications-synced", &synced);
     drop(cursor);
     node.metrics.notifications_delivered.inc_by(sent);
 }

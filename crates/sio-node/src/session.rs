@@ -124,8 +124,8 @@ impl EventQueue {
 pub enum NotificationCursor {
     /// Stored notifications after `after` are being replayed; live ones wait in `pending`.
     Replaying {
-        /// Last id the client said it saw.
-        after: String,
+        /// Last id the client said it saw, if it said one.
+        after: Option<String>,
         /// Live notifications that arrived during the replay, in arrival order.
         pending: Vec<Notification>,
     },

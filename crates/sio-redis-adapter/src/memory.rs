@@ -163,6 +163,14 @@ impl MemoryStore {
         notification
     }
 
+    pub(crate) fn last_notification_id(&self, user: &str) -> Option<String> {
+        self.lock()
+            .notifications
+            .get(user)
+            .and_then(|log| log.back())
+            .map(|n| n.id.clone())
+    }
+
     pub(crate) fn notifications_after(&self, user: &str, after: &str) -> Vec<Notification> {
         let Some(after) = parse_stream_id(after) else {
             return Vec::new();

@@ -375,6 +375,14 @@ impl RedisStore {
         })
     }
 
+    pub(crate) async fn last_notification_id(&self, user: &str) -> StoreResult<Option<String>> {
+        let r: Result<Vec<(String, HashMap<String, String>)>, _> = self
+            .client
+            .xrevrange_values(self.keys.notifications(user), "+", "-", Some(1))
+            .await;
+        Ok(self.count(r)?.into_iter().next().map(|(id, _)| id))
+    }
+
     pub(crate) async fn notifications_after(
         &self,
         user: &str,

@@ -171,6 +171,14 @@ impl Store {
         }
     }
 
+    /// Id of `user`'s newest stored notification, if any.
+    pub async fn last_notification_id(&self, user: &str) -> StoreResult<Option<String>> {
+        match self {
+            Store::Memory(m) => Ok(m.last_notification_id(user)),
+            Store::Redis(r) => r.last_notification_id(user).await,
+        }
+    }
+
     /// Writes the node's registry entry with a lease of `ttl`.
     pub async fn heartbeat(&self, info: &NodeInfo, ttl: Duration) -> StoreResult<()> {
         let expires = now_ms() + ttl.as_millis() as u64;
