@@ -310,9 +310,18 @@ impl SioProxy {
         }
         self.metrics
             .observe_duration(Transport::WebSocket, ctx.started.elapsed().as_secs_f64());
+        // The answer head first, on its own: the frames the node sent right after it follow in
+        // their own segment, as they would reach a client connected to the node directly
+        // (clients that only listen for messages once the socket is open rely on it).
+        let head_len = answer.head_len.min(answer.buffered.len());
         let written = async {
-            downstream.write_all(&answer.buffered).await?;
-            downstream.flush().await
+            downstream.write_all(&answer.buffered[..head_len]).await?;
+            downstream.flush().await?;
+            if head_len < answer.buffered.len() {
+                downstream.write_all(&answer.buffered[head_len..]).await?;
+                downstream.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
         }
         .await;
         if let Err(e) = written {
