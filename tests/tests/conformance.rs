@@ -1,6 +1,6 @@
 //! Our own tests of the behaviours in CONFORMANCE.md, against `sio-node --conformance`.
 
-use sio_tests::{Node, run_js};
+use sio_tests::{Node, Proxy, run_js};
 
 fn conformance(scenario: &str) {
     let n = Node::start(
@@ -42,4 +42,40 @@ fn invalid_packets_and_missing_connects_close_the_session() {
 #[test]
 fn engine_io_echo_server_behaves() {
     conformance("engine_io");
+}
+
+/// The same behaviours through sio-proxy in front of three conformance nodes: the cluster
+/// must be no worse than one node served directly.
+#[test]
+fn every_behaviour_holds_through_the_proxy_with_three_nodes() {
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            Node::start(
+                "conformance-proxy",
+                &format!("conf-{i}"),
+                &["--conformance", "--auth", "none"],
+            )
+        })
+        .collect();
+    let mut args = vec!["--balance", "least-conn"];
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    for a in &addrs {
+        args.push("--backend");
+        args.push(a);
+    }
+    let proxy = Proxy::start("conformance-proxy", "proxy", &args);
+    proxy.wait_healthy_backends(3, std::time::Duration::from_secs(20));
+    for scenario in [
+        "handshake",
+        "bad_requests",
+        "namespaces",
+        "echo",
+        "closes_sessions",
+        "engine_io",
+    ] {
+        run_js(
+            "conformance.mjs",
+            &[("SCENARIO", scenario.to_owned()), ("URL", proxy.url())],
+        );
+    }
 }
