@@ -95,20 +95,21 @@ pub async fn middleware<A: Adapter>(
         socket.join(room.clone());
         session.add_room(room);
     }
-    session.queue.push_always(after_connect(
-        socket.clone(),
-        io,
-        node,
-        session.clone(),
-        rooms,
-    ));
     socket.extensions.insert(session);
     Ok(())
 }
 
-/// Connect handler: lets the queued events run.
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(node): State<Arc<NodeState>>) {
-    connect::connected(&node, &socket);
+/// Connect handler: announces the restored rooms and presence, then lets the queued events run.
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<Arc<NodeState>>,
+) {
+    let (s, n) = (socket.clone(), node.clone());
+    connect::connected(&node, &socket, move |session| {
+        let rooms = session.rooms();
+        after_connect(s, io, n, session, rooms)
+    });
 }
 
 async fn after_connect<A: Adapter>(

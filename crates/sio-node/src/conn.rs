@@ -234,6 +234,38 @@ pub async fn serve(
     connections.wait().await;
 }
 
+/// Copies a request's URI and header values out of the connection's read buffer.
+///
+/// hyper parses without copying: the URI and header values of a request point into the
+/// connection's 8 KiB read buffer. socketioxide keeps every socket's handshake request, so
+/// that whole buffer would stay allocated for as long as the socket lives; with copies, it is
+/// freed once the request is parsed (a few hundred bytes kept instead of 8 KiB).
+pub async fn detach_request_head(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = axum::http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let mut copy = match axum::http::HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(v) => v,
+            Err(_) => value.clone(),
+        };
+        copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), copy);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {
+        // axum keeps a clone of the original URI in the extensions: copy it too.
+        if let Some(original) = parts.extensions.get_mut::<axum::extract::OriginalUri>() {
+            original.0 = uri.clone();
+        }
+        parts.uri = uri;
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

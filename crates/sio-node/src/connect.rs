@@ -34,21 +34,7 @@ pub fn admit<A: Adapter>(
     auth: Option<&serde_json::Value>,
 ) -> Result<Arc<SocketSession>, ConnectRefused> {
     match node.auth.authenticate(auth) {
-        Ok(user) => {
-            let session = SocketSession::new(user);
-            // If the connect never completes (the transport closed while the middleware ran),
-            // neither the connect nor the disconnect handler starts the queue: drop its jobs
-            // so they do not keep the socket alive.
-            let weak = Arc::downgrade(&session.queue);
-            let deadline = node.config.connect_timeout + Duration::from_secs(5);
-            tokio::spawn(async move {
-                tokio::time::sleep(deadline).await;
-                if let Some(queue) = weak.upgrade() {
-                    queue.discard_if_never_started();
-                }
-            });
-            Ok(session)
-        }
+        Ok(user) => Ok(SocketSession::new(user)),
         Err(e) => {
             node.metrics
                 .auth_failures
@@ -69,13 +55,22 @@ pub fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<SocketSession>> 
     socket.extensions.get::<Arc<SocketSession>>()
 }
 
-/// Counts the connect and starts the socket's event queue (connect handler of every namespace).
-pub fn connected<A: Adapter>(node: &NodeState, socket: &SocketRef<A>) {
+/// Counts the connect, queues `first` before the events the client sent meanwhile, and
+/// starts the socket's event queue (connect handler of every namespace). Work that needs the
+/// connected socket is queued here, not by the middleware: a socket whose connect never
+/// completes then holds no job that references it.
+pub fn connected<A, F, Fut>(node: &NodeState, socket: &SocketRef<A>, first: F)
+where
+    A: Adapter,
+    F: FnOnce(Arc<SocketSession>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     node.metrics
         .connects
         .with_label_values(&[socket.ns()])
         .inc();
     if let Some(s) = session(socket) {
+        s.queue.push_front(first(s.clone()));
         s.queue.start();
     }
 }

@@ -15,27 +15,29 @@ use crate::stats;
 /// Path of the dashboard namespace.
 pub const NAMESPACE: &str = "/dashboard";
 
-/// Connect middleware: authenticates and queues a first `cluster-stats` for the socket.
+/// Connect middleware: authenticates.
 pub async fn middleware<A: Adapter>(
     socket: SocketRef<A>,
-    io: SocketIo<A>,
     State(node): State<Arc<NodeState>>,
     TryData(auth): TryData<serde_json::Value>,
 ) -> Result<(), ConnectRefused> {
     let session = connect::admit(&node, &socket, auth.ok().as_ref())?;
     socket.on_disconnect(on_disconnect::<A>);
-    let (s, n) = (socket.clone(), node.clone());
-    session.queue.push_always(async move {
-        let stats = stats::cluster_stats(&n, &io).await;
-        let _ = s.emit("cluster-stats", &stats);
-    });
     socket.extensions.insert(session);
     Ok(())
 }
 
-/// Connect handler.
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(node): State<Arc<NodeState>>) {
-    connect::connected(&node, &socket);
+/// Connect handler: sends a first `cluster-stats` right away.
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<Arc<NodeState>>,
+) {
+    let (s, n) = (socket.clone(), node.clone());
+    connect::connected(&node, &socket, move |_| async move {
+        let stats = stats::cluster_stats(&n, &io).await;
+        let _ = s.emit("cluster-stats", &stats);
+    });
 }
 
 async fn on_disconnect<A: Adapter>(

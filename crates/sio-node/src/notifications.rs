@@ -67,16 +67,20 @@ pub async fn middleware<A: Adapter>(
     };
     socket.on_disconnect(on_disconnect::<A>);
     socket.join(user_room(session.user.as_str()));
-    session
-        .queue
-        .push_always(after_connect(socket.clone(), node, session.clone(), after));
     socket.extensions.insert(session);
     Ok(())
 }
 
-/// Connect handler: lets the replay run.
+/// Connect handler: replays what the client missed, then lets the queued events run.
 pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(node): State<Arc<NodeState>>) {
-    connect::connected(&node, &socket);
+    let (s, n) = (socket.clone(), node.clone());
+    connect::connected(&node, &socket, move |session| {
+        let after = match &*session.cursor() {
+            NotificationCursor::Replaying { after, .. } => after.clone(),
+            NotificationCursor::Live { .. } => None,
+        };
+        after_connect(s, n, session, after)
+    });
 }
 
 async fn after_connect<A: Adapter>(

@@ -278,6 +278,7 @@ where
             node.clone(),
             drain::engine_guard,
         ))
+        .layer(axum::middleware::from_fn(crate::conn::detach_request_head))
         .layer(cors(&node.config));
 
     let tasks = TaskTracker::new();

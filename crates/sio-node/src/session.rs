@@ -84,6 +84,17 @@ impl EventQueue {
         }
     }
 
+    /// Queues `job` before every queued job (the connect handler's own work, which must run
+    /// before the events the client sent meanwhile).
+    pub fn push_front(self: &Arc<Self>, job: impl Future<Output = ()> + Send + 'static) {
+        let mut s = lock(&self.state);
+        s.jobs.push_front(Box::pin(job));
+        if s.started && !s.running {
+            s.running = true;
+            tokio::spawn(self.clone().drain());
+        }
+    }
+
     /// Lets queued and future jobs run.
     pub fn start(self: &Arc<Self>) {
         let mut s = lock(&self.state);
@@ -91,14 +102,6 @@ impl EventQueue {
         if !s.running && !s.jobs.is_empty() {
             s.running = true;
             tokio::spawn(self.clone().drain());
-        }
-    }
-
-    /// Drops queued jobs if the queue was never started (the connect never completed).
-    pub fn discard_if_never_started(&self) {
-        let mut s = lock(&self.state);
-        if !s.started {
-            s.jobs.clear();
         }
     }
 

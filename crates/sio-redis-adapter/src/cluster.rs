@@ -18,7 +18,11 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reconnection back-off: 100 ms doubling up to this.
 pub const MAX_RECONNECT_DELAY_MS: u32 = 2_000;
 /// Capacity of the subscriber's message buffer before messages are counted as dropped.
-pub const SUBSCRIBER_BUFFER: usize = 65_536;
+/// (fred preallocates every slot of each of its broadcast channels, so this costs memory
+/// whether used or not: ~2 MB at this size.)
+pub const SUBSCRIBER_BUFFER: usize = 8_192;
+/// Capacity of the publisher's event channels (it receives no messages).
+const PUBLISHER_EVENT_BUFFER: usize = 32;
 
 /// How a node uses Redis.
 #[derive(Debug, Clone)]
@@ -75,7 +79,7 @@ impl RedisCluster {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+                p.broadcast_channel_capacity = PUBLISHER_EVENT_BUFFER;
             });
         let unreachable = |e: fred::error::Error| {
             StoreError::Unavailable(format!(
@@ -84,6 +88,7 @@ impl RedisCluster {
             ))
         };
         let publisher = builder.build().map_err(bad_url)?;
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
         let subscriber = builder.build_subscriber_client().map_err(bad_url)?;
         publisher.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
