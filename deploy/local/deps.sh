@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test sio-cluster:
-# cmake (pingora), redis-server (tests and `make run`), promtool (metric checks) and the npm
-# packages of the JavaScript scenarios. Safe to run again: it only installs what is missing.
+# cmake (pingora), redis-server (tests and `make run`), promtool and prometheus (metric
+# checks), chromium (the browser test) and the npm packages of the JavaScript scenarios. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
 need=()
@@ -11,6 +11,7 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/bin/chromium ] || need+=(chromium)   # browser test of the client bundle
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]} (apt)"
