@@ -49,3 +49,50 @@ pub async fn eventually_within(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// The cross-node scenarios as `#[tokio::test]`s on the nodes `$nodes(3)` builds.
+#[macro_export]
+macro_rules! cross_node_tests {
+    ($nodes:path) => {
+        #[tokio::test]
+        async fn broadcast_to_namespace() {
+            common::scenarios::broadcast_to_namespace($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn broadcast_to_rooms() {
+            common::scenarios::broadcast_to_rooms($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn broadcast_with_except() {
+            common::scenarios::broadcast_with_except($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn broadcast_with_acks_from_every_node() {
+            common::scenarios::broadcast_with_acks_from_every_node($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn broadcast_with_acks_reports_timeouts() {
+            common::scenarios::broadcast_with_acks_reports_timeouts($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn fetch_sockets_from_every_node() {
+            common::scenarios::fetch_sockets_from_every_node($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn remote_socket_operations() {
+            common::scenarios::remote_socket_operations($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn operators_join_leave_disconnect() {
+            common::scenarios::operators_join_leave_disconnect($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn rooms_of_every_node() {
+            common::scenarios::rooms_of_every_node($nodes(3).await).await;
+        }
+        #[tokio::test]
+        async fn server_count_follows_nodes() {
+            common::scenarios::server_count_follows_nodes($nodes(3).await).await;
+        }
+    };
+}
