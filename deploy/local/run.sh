@@ -21,8 +21,10 @@ free_port() {
 }
 
 pids=()
+stopping=""
 cleanup() {
   trap - INT TERM EXIT
+  stopping=1
   echo
   echo "stopping…"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -108,4 +110,7 @@ Push a notification (reaches alice on whichever node she is):
 
 EOM
 wait -n "${pids[@]}" || true
-echo "run: a process exited; see $run_dir/*.log" >&2
+if [ -z "$stopping" ]; then
+  echo "run: a process exited unexpectedly; see $run_dir/*.log" >&2
+  exit 1
+fi
