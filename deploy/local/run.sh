@@ -98,9 +98,11 @@ Client (npm i socket.io-client):
   import { io } from "socket.io-client";
   const token = "$token";
   const socket = io("$url", { auth: { token } });
-  socket.on("connect", () => socket.emit("join-room", "general"));
+  socket.on("connect", async () => {
+    await socket.emitWithAck("join-room", "general");
+    console.log(await socket.emitWithAck("room-message", { room: "general", text: "hello" }));
+  });
   socket.on("room-message", (m) => console.log(m.sender + ": " + m.text));
-  socket.emit("room-message", { room: "general", text: "hello" }, (ack) => console.log(ack));
   const notes = io("$url/notifications", { auth: { token } });
   notes.on("notification", (n) => console.log("notification", n));
 
