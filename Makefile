@@ -36,3 +36,7 @@ fmt: ## Format the code
 
 clean: ## Remove build output and test logs
 	$(CARGO) clean
+
+.PHONY: bench
+bench: ## Build, then benchmark against Node Socket.IO, HAProxy and nginx (< 30 min); writes bench/results/<date>.{json,md} and charts
+	@bench/run.sh
