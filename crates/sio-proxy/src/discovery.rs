@@ -295,22 +295,23 @@ mod tests {
                 .spawn()
                 .expect("redis-server is missing: apt-get install redis-server (make deps)"),
         );
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the test's redis-server did not start on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let url = format!("redis://127.0.0.1:{port}");
         let writer = Builder::from_config(RedisConfig::from_url(&url).expect("url"))
             .build()
             .expect("client");
-        let mut connected = false;
-        for _ in 0..100 {
-            let _task = writer.connect();
-            if tokio::time::timeout(Duration::from_millis(200), writer.wait_for_connect())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                connected = true;
-                break;
-            }
-        }
-        assert!(connected, "the test's redis-server did not start on {port}");
+        let _task = writer.connect();
+        writer
+            .wait_for_connect()
+            .await
+            .expect("connect to the test's redis-server");
         let prefix = format!(
             "sio-proxy-test-{}",
             SystemTime::now()

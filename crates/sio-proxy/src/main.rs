@@ -4,6 +4,11 @@ use clap::Parser as _;
 use sio_proxy::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Every proxied HTTP request allocates and frees pingora's session and buffers; mimalloc
+/// does that far cheaper than glibc's malloc (measured: polling through the proxy).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -117,10 +117,16 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
     ));
     control.spawn(supervise_shutdown(metrics.clone(), config.shutdown_grace));
 
+    /// Idle upstream connections kept for reuse.
+    const UPSTREAM_POOL_SIZE: usize = 16_384;
     let conf = ServerConf {
         threads: config.worker_threads(),
         grace_period_seconds: Some(config.shutdown_grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Every long-polling client holds an upstream connection while its GET waits, and
+        // frees it when the GET is answered: keep that many idle ones for reuse, or each poll
+        // pays a new TCP connection to the node (pingora's default keeps 128).
+        upstream_keepalive_pool_size: UPSTREAM_POOL_SIZE,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
