@@ -42,6 +42,24 @@ pub struct Metrics {
     pub draining: IntGauge,
 }
 
+/// The namespaces sio-node serves outside conformance mode.
+const PRODUCT_NAMESPACES: [&str; 3] = ["/", "/notifications", "/dashboard"];
+/// Every `reason` label of `sio_auth_failures_total` (see `AuthError::reason`).
+const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "missing_token",
+    "expired_token",
+    "invalid_token",
+    "bad_subject",
+    "missing_user_id",
+];
+/// The HTTP API routes, as axum's matched path labels them.
+const API_ROUTES: [&str; 4] = [
+    "/api/notify",
+    "/api/emit",
+    "/api/stats",
+    "/api/presence/{room}",
+];
+
 impl Metrics {
     /// Registers every node metric, the process collector and `sio_build_info`.
     pub fn new() -> Self {
@@ -183,6 +201,24 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
 
+        // Series of the product's known label values exist from start-up at zero, so a
+        // `rate()` or an alert sees 0 rather than no data before the first event.
+        for ns in PRODUCT_NAMESPACES {
+            connects.with_label_values(&[ns]);
+            events_received.with_label_values(&[ns]);
+            events_sent.with_label_values(&[ns]);
+            slow_client_drops.with_label_values(&[ns]);
+            for reason in AUTH_FAILURE_REASONS {
+                auth_failures.with_label_values(&[ns, reason]);
+            }
+        }
+        for outcome in ["stored", "failed"] {
+            notifications.with_label_values(&[outcome]);
+        }
+        for route in API_ROUTES {
+            api_duration.with_label_values(&[route]);
+        }
+
         Self {
             registry,
             connections,
@@ -238,6 +274,10 @@ mod tests {
         m.notifications.with_label_values(&["stored"]).inc();
         let text = m.encode();
         assert!(text.contains("sio_connects_total{namespace=\"/\"} 1"));
+        assert!(text.contains("sio_connects_total{namespace=\"/dashboard\"} 0"));
+        assert!(text.contains(
+            "sio_auth_failures_total{namespace=\"/notifications\",reason=\"expired_token\"} 0"
+        ));
         assert!(text.contains("sio_build_info{version="));
         for family in m.registry().gather() {
             let name = family.name();

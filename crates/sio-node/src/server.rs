@@ -288,11 +288,11 @@ where
 
     let local = listener.local_addr()?;
     let server_stop = CancellationToken::new();
-    let server = crate::conn::serve(crate::conn::Listener(listener), app, server_stop.clone());
-    let server = tokio::spawn(async move {
-        server.await;
-        Ok::<(), std::io::Error>(())
-    });
+    let mut server = tokio::spawn(crate::conn::serve(
+        crate::conn::Listener(listener),
+        app,
+        server_stop.clone(),
+    ));
     node.readiness.set_serving();
     node.metrics.ready.set(i64::from(node.readiness.is_ready()));
     tracing::info!(
@@ -304,9 +304,14 @@ where
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        res = &mut Box::pin(async { server_stopped(&server).await }) => {
+        // The accept loop only ends when `server_stop` fires: anything else is a failure.
+        res = &mut server => {
             background.cancel();
-            return res;
+            let why = match res {
+                Ok(()) => "http server stopped unexpectedly".to_owned(),
+                Err(e) => format!("http server task failed: {e}"),
+            };
+            return Err(NodeError::Io(std::io::Error::other(why)));
         }
     }
 
@@ -347,20 +352,6 @@ async fn wait_until_empty<A: Adapter>(io: &SocketIo<A>) {
         .any(|ns| !ns.clone().local().sockets().is_empty())
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn server_stopped(
-    server: &tokio::task::JoinHandle<std::io::Result<()>>,
-) -> Result<(), NodeError> {
-    // Only polled when the server ends on its own (an accept loop error).
-    loop {
-        if server.is_finished() {
-            return Err(NodeError::Io(std::io::Error::other(
-                "http server stopped unexpectedly",
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

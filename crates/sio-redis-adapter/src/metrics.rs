@@ -106,6 +106,15 @@ impl AdapterMetrics {
             // Registering twice in one registry is a programming error.
             registry.register(c).expect("adapter metric registration");
         }
+        // Known label values exist at zero from start-up (alerts see 0, not no data).
+        for kind in ["request", "response", "notify", "notify_reply"] {
+            m.published.with_label_values(&[kind]);
+            m.received.with_label_values(&[kind]);
+            m.dropped.with_label_values(&[kind]);
+        }
+        m.dropped.with_label_values(&["subscriber"]);
+        m.request_duration.with_label_values(&["notify"]);
+        m.request_timeouts.with_label_values(&["notify"]);
         m
     }
 }
