@@ -305,11 +305,13 @@ async fn session(shared: &Shared, i: usize, mut conn: Conn) -> anyhow::Result<()
                 let r = room.unwrap_or_default();
                 use std::fmt::Write as _;
                 let _ = write!(packet, "42[\"room-message\",{{\"room\":\"r{r}\",\"text\":\"{}:{due_unix}\"}}]", ph.step);
+                // Counted before it leaves: a polling POST answers after the server handled
+                // the message, so its deliveries may be counted before the POST returns.
+                shared.sent.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = conn.send(&[packet.as_bytes()]).await {
                     shared.send_errors.fetch_add(1, Ordering::SeqCst);
                     return Err(e);
                 }
-                shared.sent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
