@@ -32,8 +32,8 @@ from systems import BIN, RUN, LIBDIR, Procs, start_system, stop_system  # noqa: 
 
 LOAD = BIN / "sio-load"
 # Fan-out ladders, deliveries per second (a step fails at p99 > 50 ms or any loss).
-LADDER_WS = [20_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000, 400_000, 500_000, 650_000,
-             800_000, 1_000_000]
+LADDER_WS = [20_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000, 400_000,
+             500_000, 650_000, 800_000, 1_000_000]
 LADDER_POLLING = [1_000, 2_500, 5_000, 10_000, 20_000, 50_000, 100_000, 150_000]
 ALL_SYSTEMS = ["node-haproxy", "node-nginx", "socketioxide", "sioxide-sioproxy", "sioxide-haproxy",
                "sio-cluster", "sio-cluster-1t"]
