@@ -29,9 +29,12 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = sio_node::fdlimit::raise_nofile_limit() {
         tracing::warn!("could not raise the open-files limit: {e}");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = listen(config.listen).with_context(|| {
+        format!(
+            "cannot listen on {} (is another process using it? see --listen)",
+            config.listen
+        )
+    })?;
 
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
@@ -57,4 +60,20 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Pending connections the kernel queues for us (capped by `net.core.somaxconn`). tokio's
+/// default of 1,024 overflows when thousands of clients reconnect at once after a node is lost,
+/// and a dropped SYN costs the client a 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
