@@ -157,8 +157,8 @@ class Bench:
         jemalloc = LIBDIR / "libjemalloc.so.2"
         mimalloc = LIBDIR / "libmimalloc.so.2"
         variants = [
-            ("defaults (read buffer 4096, max buffer 1024, glibc)", [], {}),
-            ("--ws-read-buffer 1024", ["--ws-read-buffer", "1024"], {}),
+            ("defaults (--ws-read-buffer 1024, --max-buffer-size 1024, glibc)", [], {}),
+            ("--ws-read-buffer 4096 (socketioxide's default)", ["--ws-read-buffer", "4096"], {}),
             ("--ws-read-buffer 256", ["--ws-read-buffer", "256"], {}),
             ("--max-buffer-size 128", ["--max-buffer-size", "128"], {}),
             ("glibc MALLOC_ARENA_MAX=2", [], {"MALLOC_ARENA_MAX": "2"}),
