@@ -189,6 +189,10 @@ impl Metrics {
         for collector in collectors {
             registry.register(collector)?;
         }
+        // Every transport's histogram exists from start-up (empty), not after its first request.
+        for t in TRANSPORTS {
+            request_duration.with_label_values(&[t.as_str()]);
+        }
         Ok(Metrics {
             registry,
             requests,
