@@ -318,6 +318,18 @@ impl Node {
     }
 }
 
+/// The `sid` of an Engine.IO open packet (`0{"sid":"…",…}`, the handshake answer body).
+///
+/// # Panics
+/// When the body carries no `sid`: the handshake failed.
+pub fn open_packet_sid(body: &str) -> String {
+    body.split("\"sid\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in the handshake answer: {body}"))
+        .to_owned()
+}
+
 /// Sum of the samples of `name` whose labels contain every `labels` pair, in Prometheus text.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

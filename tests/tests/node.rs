@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sio_tests::{MODES, Node, http, http_get, metric, run_js};
+use sio_tests::{MODES, Node, http, http_get, metric, open_packet_sid, run_js};
 
 const MAX_PAYLOAD: &str = "65536";
 
@@ -215,12 +215,7 @@ fn malformed_engine_io_requests_get_400_and_the_node_stays_up() {
     // a real session, then garbage in it: the session is closed, the node keeps serving
     let (status, body) = http_get(n.addr, "/socket.io/?EIO=4&transport=polling").unwrap();
     assert_eq!(status, 200);
-    let sid = body
-        .split("\"sid\":\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let sid = open_packet_sid(&body);
     let status = post(
         &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
         "4garbage{{{",

@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sio_tests::{Cluster, Node, Proxy, bin, free_port, http, http_get, metric, run_js, wait_until};
+use sio_tests::{
+    Cluster, Node, Proxy, bin, free_port, http, http_get, metric, open_packet_sid, run_js,
+    wait_until,
+};
 
 fn proxy_for(test: &str, name: &str, c: &Cluster, extra: &[&str]) -> Proxy {
     let url = c.redis.url();
@@ -21,10 +24,6 @@ fn proxy_for(test: &str, name: &str, c: &Cluster, extra: &[&str]) -> Proxy {
     p
 }
 
-fn node_urls(nodes: &[Node]) -> String {
-    nodes.iter().map(Node::url).collect::<Vec<_>>().join(",")
-}
-
 #[test]
 fn three_hundred_clients_of_every_transport_through_one_proxy() {
     let c = Cluster::start("proxy-mixed", 3, &["--lease-ttl", "3s"]);
@@ -34,7 +33,7 @@ fn three_hundred_clients_of_every_transport_through_one_proxy() {
         &[
             ("SCENARIO", "mixed_clients".to_owned()),
             ("URL", p.url()),
-            ("NODE_URLS", node_urls(&c.nodes)),
+            ("NODE_URLS", c.urls()),
         ],
     );
     eprintln!("{out}");
@@ -69,12 +68,7 @@ fn sessions_continue_through_any_replica_and_after_a_restart() {
     b.wait_healthy_backends(2, Duration::from_secs(20));
     let (status, body) = http_get(a.addr, "/socket.io/?EIO=4&transport=polling").unwrap();
     assert_eq!(status, 200, "{body}");
-    let sid = body
-        .split("\"sid\":\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let sid = open_packet_sid(&body);
     assert!(sid.len() > 16, "the proxy tags the sid: {sid}");
     let token = jwt("replica-user");
     let connect = format!("40{{\"token\":\"{token}\"}}");
@@ -224,7 +218,7 @@ fn a_killed_node_s_clients_reconnect_elsewhere_with_their_rooms() {
         &[
             ("SCENARIO", "kill_node".to_owned()),
             ("URL", p.url()),
-            ("NODE_URLS", node_urls(&c.nodes)),
+            ("NODE_URLS", c.urls()),
             ("VICTIM_PID", c.nodes[0].proc.pid().to_string()),
         ],
     );
@@ -283,12 +277,7 @@ fn bad_input_gets_clear_errors_and_the_proxy_stays_up() {
         )
         .unwrap();
         assert_eq!(status, 200);
-        let sid = body
-            .split("\"sid\":\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap()
-            .to_owned();
+        let sid = open_packet_sid(&body);
         sids.push(sid);
     }
     let frozen = &c.nodes[0];
@@ -362,7 +351,7 @@ fn a_draining_node_loses_no_client_room_or_notification() {
         &[
             ("SCENARIO", "drain".to_owned()),
             ("URL", p.url()),
-            ("NODE_URLS", node_urls(&c.nodes)),
+            ("NODE_URLS", c.urls()),
             ("VICTIM_PID", victim_pid.to_string()),
             ("API_URLS", api_urls),
             ("GRACE_MS", "20000".to_owned()),
