@@ -118,14 +118,21 @@ fn field_error(e: validate::InputError) -> ApiError {
     ApiError::bad_request(e.code(), e.to_string())
 }
 
+/// The API's routes, as axum matches them (and labels their metrics).
+pub const ROUTES: [&str; 4] = [NOTIFY, EMIT, STATS, PRESENCE];
+const NOTIFY: &str = "/api/notify";
+const EMIT: &str = "/api/emit";
+const STATS: &str = "/api/stats";
+const PRESENCE: &str = "/api/presence/{room}";
+
 /// The API routes with their key check, body limit and metrics.
 pub fn routes<A: Adapter>(api: Api<A>) -> Router {
     let node = api.node.clone();
     Router::new()
-        .route("/api/notify", post(notify::<A>))
-        .route("/api/emit", post(emit::<A>))
-        .route("/api/stats", get(stats_route::<A>))
-        .route("/api/presence/{room}", get(presence::<A>))
+        .route(NOTIFY, post(notify::<A>))
+        .route(EMIT, post(emit::<A>))
+        .route(STATS, get(stats_route::<A>))
+        .route(PRESENCE, get(presence::<A>))
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             require_api_key,

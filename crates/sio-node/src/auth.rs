@@ -45,6 +45,15 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every label [`AuthError::reason`] gives, for metrics that exist before the first failure.
+    pub const REASONS: [&'static str; 5] = [
+        "missing_token",
+        "expired_token",
+        "invalid_token",
+        "bad_subject",
+        "missing_user_id",
+    ];
+
     /// A short stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -185,6 +194,19 @@ mod tests {
 
     fn jwt() -> Authenticator {
         Authenticator::new(AuthMode::Jwt, Some(SECRET))
+    }
+
+    #[test]
+    fn every_reason_is_listed() {
+        for e in [
+            AuthError::MissingToken,
+            AuthError::Expired,
+            AuthError::Invalid(String::new()),
+            AuthError::BadSubject,
+            AuthError::MissingUserId,
+        ] {
+            assert!(AuthError::REASONS.contains(&e.reason()), "{e}");
+        }
     }
 
     #[test]

@@ -43,21 +43,10 @@ pub struct Metrics {
 }
 
 /// The namespaces sio-node serves outside conformance mode.
-const PRODUCT_NAMESPACES: [&str; 3] = ["/", "/notifications", "/dashboard"];
-/// Every `reason` label of `sio_auth_failures_total` (see `AuthError::reason`).
-const AUTH_FAILURE_REASONS: [&str; 5] = [
-    "missing_token",
-    "expired_token",
-    "invalid_token",
-    "bad_subject",
-    "missing_user_id",
-];
-/// The HTTP API routes, as axum's matched path labels them.
-const API_ROUTES: [&str; 4] = [
-    "/api/notify",
-    "/api/emit",
-    "/api/stats",
-    "/api/presence/{room}",
+const PRODUCT_NAMESPACES: [&str; 3] = [
+    crate::chat::NAMESPACE,
+    crate::notifications::NAMESPACE,
+    crate::dashboard::NAMESPACE,
 ];
 
 impl Metrics {
@@ -208,14 +197,14 @@ impl Metrics {
             events_received.with_label_values(&[ns]);
             events_sent.with_label_values(&[ns]);
             slow_client_drops.with_label_values(&[ns]);
-            for reason in AUTH_FAILURE_REASONS {
+            for reason in crate::auth::AuthError::REASONS {
                 auth_failures.with_label_values(&[ns, reason]);
             }
         }
         for outcome in ["stored", "failed"] {
             notifications.with_label_values(&[outcome]);
         }
-        for route in API_ROUTES {
+        for route in crate::api::ROUTES {
             api_duration.with_label_values(&[route]);
         }
 
