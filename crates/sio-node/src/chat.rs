@@ -27,6 +27,8 @@ use crate::validate;
 
 /// Path of the chat namespace.
 pub const NAMESPACE: &str = "/";
+/// Why an event is refused once the node has closed its namespaces.
+const SHUTTING_DOWN: &str = "this node is shutting down; the client reconnects to another one";
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -149,7 +151,9 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     let s = session.clone();
+    let cleanup = node.cleanups.token();
     session.queue.push_always(async move {
+        let _cleanup = cleanup;
         let user = s.user.as_str();
         let sid = socket.id.to_string();
         for room in s.take_rooms() {
@@ -208,7 +212,11 @@ pub async fn emit_presence<A: Adapter>(
         room,
         online,
     };
-    let res = io.to(room.to_owned()).emit("presence", &body).await;
+    let Some(ns) = io.of(NAMESPACE) else {
+        tracing::debug!(room, "node shutting down: presence not broadcast from here");
+        return;
+    };
+    let res = ns.to(room.to_owned()).emit("presence", &body).await;
     if let Err(e) = events::delivered(node, NAMESPACE, res) {
         tracing::warn!(room, "presence not broadcast: {e}");
     }
@@ -224,7 +232,10 @@ async fn chat_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Par
             );
         }
     };
-    let res = ev.io.emit("chat-message", &data).await;
+    let Some(ns) = ev.io.of(NAMESPACE) else {
+        return ev.fail("unavailable", SHUTTING_DOWN);
+    };
+    let res = ns.emit("chat-message", &data).await;
     match events::delivered(&ev.node, NAMESPACE, res) {
         Ok(()) => ev.reply(&serde_json::json!({ "ok": true })),
         Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
@@ -334,7 +345,10 @@ async fn room_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Par
         text: &text,
         timestamp: timestamp(),
     };
-    let res = ev.io.to(room.clone()).emit("room-message", &msg).await;
+    let Some(ns) = ev.io.of(NAMESPACE) else {
+        return ev.fail("unavailable", SHUTTING_DOWN);
+    };
+    let res = ns.to(room.clone()).emit("room-message", &msg).await;
     match events::delivered(&ev.node, NAMESPACE, res) {
         Ok(()) => {
             let id = msg.id.clone();

@@ -243,6 +243,19 @@ pub async fn drain<A: Adapter>(node: &NodeState, io: &SocketIo<A>, deadline: Ins
         elapsed = ?started.elapsed(),
         "drain done; closing what is left"
     );
+    // The disconnect clean-ups of the closed sessions broadcast presence on the namespaces
+    // that `close` removes: let them finish first.
+    node.cleanups.close();
+    let rest = hard_stop.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(rest, node.cleanups.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending = node.cleanups.len(),
+            "disconnect clean-ups still running; their presence updates are left to the leases"
+        );
+    }
     let rest = deadline.saturating_duration_since(Instant::now());
     if tokio::time::timeout(rest, io.close()).await.is_err() {
         tracing::warn!("connections still closing at the end of the grace period");

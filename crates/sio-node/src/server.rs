@@ -146,6 +146,7 @@ fn new_state(
         fanout: std::sync::OnceLock::new(),
         rates: std::sync::Mutex::new(Rates::default()),
         drain: crate::drain::DrainState::default(),
+        cleanups: tokio_util::task::TaskTracker::new(),
         config,
     }))
 }

@@ -96,6 +96,9 @@ pub struct NodeState {
     pub rates: std::sync::Mutex<Rates>,
     /// Sessions being closed by the drain.
     pub drain: crate::drain::DrainState,
+    /// Disconnect clean-ups in flight (presence, socket leases): the shutdown waits for them
+    /// before it closes the namespaces they broadcast on.
+    pub cleanups: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for NodeState {
