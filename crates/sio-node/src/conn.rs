@@ -173,7 +173,8 @@ impl Connected<IncomingStream<'_, Listener>> for ConnInfo {
     }
 }
 
-/// Longest a client may take to send a request's headers.
+/// Longest a client may take to send a request's headers; hyper also counts the idle time of
+/// a keep-alive connection before its next request (sio-proxy pools for less than this).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (and read buffer) accepted, bytes; a larger one gets `431`.
 pub const MAX_HEAD_SIZE: usize = 64 * 1024;

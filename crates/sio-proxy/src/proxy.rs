@@ -32,8 +32,10 @@ const INTERNAL_BODY: &[u8] = br#"{"code":500,"message":"Proxy error"}"#;
 const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
 /// Backends tried for one new session before giving up.
 const MAX_CONNECT_ATTEMPTS: usize = 4;
-/// Idle time of pooled upstream connections.
-const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(60);
+/// Idle time of pooled upstream connections. Kept below sio-node's 10 s header read timeout,
+/// after which a node closes an idle keep-alive connection: a pooled connection reused just
+/// as the node closes it fails the request on it, and a polling POST is not retried.
+const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// Per-request behaviour of the proxy, from the configuration.
 #[derive(Clone, Debug)]
