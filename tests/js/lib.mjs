@@ -62,6 +62,17 @@ export function once(emitter, event, ms = 5000) {
   });
 }
 
+/** `err` with what the transport saw (HTTP status, the answer or the socket error) in its
+ * message, so a failure in CI says whether the server refused, answered an error or reset. */
+export function withDetail(err) {
+  if (err?.type !== "TransportError") return err;
+  const xhr = err.context;
+  const answer = typeof xhr?.responseText === "string" ? xhr.responseText.slice(0, 300) : "";
+  const status = xhr?.status ?? err.description?.message ?? err.description;
+  err.message = `${err.message} (status ${status}${answer ? `, answer: ${answer}` : ""})`;
+  return err;
+}
+
 /** Waits until `socket` is connected (and upgraded in upgrade mode); rejects on connect_error. */
 export async function connected(socket, { ms = 10000, mode = MODE } = {}) {
   if (!socket.connected) {
@@ -73,7 +84,7 @@ export async function connected(socket, { ms = 10000, mode = MODE } = {}) {
       });
       socket.once("connect_error", (err) => {
         clearTimeout(t);
-        reject(err);
+        reject(withDetail(err));
       });
     });
   }

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { Manager } from "socket.io-client";
-import { ack, api, closeAll, collect, connected, main, once, sleep, socketFor, token, transportOptions, waitFor, URL } from "./lib.mjs";
+import { ack, api, closeAll, collect, connected, main, once, sleep, socketFor, token, transportOptions, waitFor, withDetail, URL } from "./lib.mjs";
 
 const NODE_URLS = (process.env.NODE_URLS || "").split(",").filter(Boolean);
 const uniq = (p) => `${p}-${Math.random().toString(36).slice(2, 8)}`;
@@ -72,6 +72,11 @@ function user(name, mode, room) {
   u.inbox.on("notifications-synced", ({ lastNotificationId }) => {
     if (lastNotificationId) u.lastId = lastNotificationId;
   });
+  u.errors = [];
+  const note = (what) => (e) => u.errors.push(`${what}: ${withDetail(e)?.message ?? e}`);
+  u.chat.on("connect_error", note("chat connect_error"));
+  u.inbox.on("connect_error", note("inbox connect_error"));
+  manager.on("reconnect_error", note("reconnect_error"));
   u.chat.on("rooms-restored", ({ rooms }) => u.restored.push(rooms));
   u.chat.on("disconnect", () => (u.disconnects += 1));
   u.chat.on("connect", () => {
@@ -116,7 +121,25 @@ main({
     sending = false;
     await sender;
     const grace = Number(process.env.GRACE_MS || 20000);
-    await waitFor(() => users.every((u) => u.chat.connected && u.inbox.connected), grace, "every client connected again");
+    try {
+      await waitFor(() => users.every((u) => u.chat.connected && u.inbox.connected), grace, "every client connected again");
+    } catch (e) {
+      const out = users.filter((u) => !(u.chat.connected && u.inbox.connected));
+      console.error(JSON.stringify({
+        not_connected: out.length,
+        examples: out.slice(0, 5).map((u) => ({
+          name: u.name,
+          mode: u.mode,
+          chat: u.chat.connected,
+          inbox: u.inbox.connected,
+          engine: u.manager.engine?.readyState,
+          reconnecting: u.manager._reconnecting,
+          disconnects: u.disconnects,
+          errors: u.errors.slice(-3),
+        })),
+      }));
+      throw e;
+    }
     const moved = users.filter((u) => u.disconnects > 0);
     const reconnectedMs = Math.max(...moved.map((u) => u.reconnectedAt - t0));
     // every moved user got its room back

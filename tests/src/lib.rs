@@ -125,8 +125,23 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process, then fails the test if it panicked anywhere (a panic in a spawned
+    /// task does not stop a server, so it would otherwise pass unseen).
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log_text();
+        if let Some(at) = log.find("panicked at") {
+            let start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+            let excerpt: String = log[start..].lines().take(6).collect::<Vec<_>>().join("\n");
+            panic!(
+                "{} panicked (log: {}):\n{excerpt}",
+                self.name,
+                self.log.display()
+            );
+        }
     }
 }
 
