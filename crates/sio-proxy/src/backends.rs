@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
@@ -20,6 +20,12 @@ use pingora_ketama::{Bucket, Continuum};
 use crate::config::Balance;
 use crate::metrics::{BackendMetrics, Metrics};
 use crate::routing::{Tag, TagKey};
+
+/// Consecutive failures without an answer (a health check timing out or answering garbage, a
+/// connection attempt timing out) that take a ready backend out of rotation: one slow answer
+/// from a busy node must not stop every new session to it. An answer (a draining node's 503)
+/// or a refused connection counts at once.
+pub const MISSES_BEFORE_UNREADY: u32 = 3;
 
 /// Ring points visited for a healthy backend before falling back to a linear scan.
 const MAX_RING_STEPS: usize = 256;
@@ -43,6 +49,8 @@ pub struct Backend {
     /// Its metric label.
     pub label: String,
     ready: AtomicBool,
+    /// Consecutive failures without an answer (see [`MISSES_BEFORE_UNREADY`]).
+    misses: AtomicU32,
     draining: AtomicBool,
     active: AtomicUsize,
     metrics: BackendMetrics,
@@ -59,6 +67,7 @@ impl Backend {
             tag,
             label,
             ready: AtomicBool::new(false),
+            misses: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             metrics: backend_metrics,
@@ -75,10 +84,24 @@ impl Backend {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Records a health check result; returns the previous value.
+    /// Records a definite result (an answer, a refused connection); returns the previous
+    /// value.
     pub fn set_ready(&self, ready: bool) -> bool {
+        self.misses.store(0, Ordering::Relaxed);
         self.metrics.set_healthy(ready);
         self.ready.swap(ready, Ordering::Relaxed)
+    }
+
+    /// Records a failure without an answer; after [`MISSES_BEFORE_UNREADY`] in a row the
+    /// backend is not ready. Returns the previous readiness.
+    pub fn missed(&self) -> bool {
+        let misses = self.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        if misses >= MISSES_BEFORE_UNREADY {
+            self.metrics.set_healthy(false);
+            self.ready.swap(false, Ordering::Relaxed)
+        } else {
+            self.is_ready()
+        }
     }
 
     /// Whether the registry marks it draining.
@@ -406,6 +429,29 @@ mod tests {
         // A second round with the same backends adds nothing and keeps their state.
         assert!(set.apply_discovery(&discovered(&[2, 1])).is_empty());
         assert!(set.snapshot().members().iter().any(|b| b.is_ready()));
+    }
+
+    #[test]
+    fn only_repeated_misses_take_a_ready_backend_out() {
+        let set = set(Duration::from_secs(60));
+        let b = set.apply_discovery(&discovered(&[1])).remove(0);
+        b.set_ready(true);
+        for _ in 1..MISSES_BEFORE_UNREADY {
+            assert!(b.missed(), "was ready");
+            assert!(b.is_ready(), "one slow answer keeps it in rotation");
+        }
+        assert!(b.missed(), "was ready until this miss");
+        assert!(!b.is_ready());
+        // an answer resets the count, and a definite "no" counts at once
+        b.set_ready(true);
+        b.missed();
+        b.set_ready(true);
+        for _ in 1..MISSES_BEFORE_UNREADY {
+            b.missed();
+        }
+        assert!(b.is_ready(), "misses separated by a pass do not add up");
+        b.set_ready(false);
+        assert!(!b.is_ready());
     }
 
     #[test]

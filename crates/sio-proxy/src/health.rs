@@ -97,8 +97,12 @@ pub async fn check_all(backends: &BackendSet, timeout: Duration) {
 }
 
 fn record(backend: &Backend, health: &Health) {
-    let ready = *health == Health::Ready;
-    let was_ready = backend.set_ready(ready);
+    let was_ready = match health {
+        Health::Ready => backend.set_ready(true),
+        Health::NotReady(Some(_)) | Health::Unreachable => backend.set_ready(false),
+        Health::NotReady(None) | Health::TimedOut => backend.missed(),
+    };
+    let ready = backend.is_ready();
     if was_ready != ready {
         if ready {
             tracing::info!(backend = %backend.addr, "backend ready");

@@ -174,6 +174,21 @@ async fn respond(
         .await
 }
 
+/// Counts a failed connection to `backend`; a refused one takes it out of rotation at once,
+/// a timed-out one after [`crate::backends::MISSES_BEFORE_UNREADY`] in a row, until a health
+/// check passes.
+fn connect_failed(backend: &Backend, timed_out: bool, error: &dyn std::fmt::Display) {
+    backend.metrics().connect_error();
+    let was_ready = if timed_out {
+        backend.missed()
+    } else {
+        backend.set_ready(false)
+    };
+    if was_ready && !backend.is_ready() {
+        tracing::warn!(backend = %backend.addr, %error, "backend unreachable; no new sessions until it passes a health check");
+    }
+}
+
 async fn respond_json(session: &mut Session, status: u16, body: &[u8]) -> Result<()> {
     respond(session, status, "application/json", body).await
 }
@@ -241,11 +256,9 @@ impl SioProxy {
                     respond(session, answer.status, &content_type, &body).await?;
                     return Ok(true);
                 }
-                Err(TunnelError::Connect(_) | TunnelError::ConnectTimeout) => {
-                    backend.metrics().connect_error();
-                    if backend.set_ready(false) {
-                        tracing::warn!(backend = %backend.addr, "backend refused a connection; no new sessions until it passes a health check");
-                    }
+                Err(e @ (TunnelError::Connect(_) | TunnelError::ConnectTimeout)) => {
+                    let timed_out = matches!(e, TunnelError::ConnectTimeout);
+                    connect_failed(&backend, timed_out, &e);
                     drop(guard);
                     if tagged {
                         self.metrics.routed(Outcome::BackendGone);
@@ -491,10 +504,7 @@ impl ProxyHttp for SioProxy {
             return e;
         };
         let backend = target.backend().clone();
-        backend.metrics().connect_error();
-        if backend.set_ready(false) {
-            tracing::warn!(backend = %backend.addr, error = %e, "backend refused a connection; no new sessions until it passes a health check");
-        }
+        connect_failed(&backend, e.etype() == &ErrorType::ConnectTimedout, &e);
         if target.tagged {
             self.metrics.routed(Outcome::BackendGone);
             ctx.failure = Some(Failure::BackendGone);
