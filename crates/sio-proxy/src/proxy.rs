@@ -189,6 +189,15 @@ fn connect_failed(backend: &Backend, timed_out: bool, error: &dyn std::fmt::Disp
     }
 }
 
+/// Whether `e` only says that the client went away.
+fn client_left(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
 async fn respond_json(session: &mut Session, status: u16, body: &[u8]) -> Result<()> {
     respond(session, status, "application/json", body).await
 }
@@ -629,8 +638,10 @@ impl ProxyHttp for SioProxy {
         Ok(None)
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
-        ctx.failure.is_some()
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
+        // Answered by the proxy itself, or a client that left (closing a tab ends its pending
+        // long-poll): neither is an error of the proxy.
+        ctx.failure.is_some() || client_left(error)
     }
 
     async fn fail_to_proxy(
@@ -642,6 +653,7 @@ impl ProxyHttp for SioProxy {
         let (status, body): (u16, &[u8]) = match ctx.failure {
             Some(Failure::BackendGone) => (400, SESSION_UNKNOWN_BODY),
             Some(Failure::NoHealthyBackend) => (503, NO_BACKEND_BODY),
+            None if client_left(e) => (0, b""),
             None => match (e.esource(), e.etype()) {
                 (_, ErrorType::HTTPStatus(code)) => (*code, BAD_REQUEST_BODY),
                 (
@@ -649,10 +661,6 @@ impl ProxyHttp for SioProxy {
                     ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
                 ) => (504, TIMEOUT_BODY),
                 (ErrorSource::Upstream, _) => (502, BAD_GATEWAY_BODY),
-                (
-                    ErrorSource::Downstream,
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-                ) => (0, b""),
                 (ErrorSource::Downstream, _) => (400, BAD_REQUEST_BODY),
                 _ => (500, INTERNAL_BODY),
             },
@@ -692,6 +700,14 @@ mod tests {
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().expect("net")).collect()
+    }
+
+    #[test]
+    fn only_a_client_going_away_counts_as_one() {
+        assert!(client_left(&Error::new_down(ErrorType::ConnectionClosed)));
+        assert!(client_left(&Error::new_down(ErrorType::WriteError)));
+        assert!(!client_left(&Error::new_up(ErrorType::ConnectionClosed)));
+        assert!(!client_left(&Error::new_down(ErrorType::InvalidHTTPHeader)));
     }
 
     #[test]
