@@ -65,7 +65,8 @@ export function once(emitter, event, ms = 5000) {
 /** `err` with what the transport saw (HTTP status, the answer or the socket error) in its
  * message, so a failure in CI says whether the server refused, answered an error or reset. */
 export function withDetail(err) {
-  if (err?.type !== "TransportError") return err;
+  if (err?.type !== "TransportError" || err.detailed) return err;
+  err.detailed = true;
   const xhr = err.context;
   const answer = typeof xhr?.responseText === "string" ? xhr.responseText.slice(0, 300) : "";
   const status = xhr?.status ?? err.description?.message ?? err.description;
