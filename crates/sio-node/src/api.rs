@@ -22,7 +22,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 
 use crate::state::NodeState;
-use crate::{chat, dashboard, notifications, stats, validate};
+use crate::{chat, stats, validate};
 
 /// State of the API routes.
 pub struct Api<A: Adapter> {
@@ -289,13 +289,7 @@ async fn emit<A: Adapter>(
     validate::event(&event).map_err(field_error)?;
     let data = body.remove("data").unwrap_or(serde_json::Value::Null);
     let Some(mut op) = api.io.of(namespace.as_str()) else {
-        if [
-            chat::NAMESPACE,
-            notifications::NAMESPACE,
-            dashboard::NAMESPACE,
-        ]
-        .contains(&namespace.as_str())
-        {
+        if crate::NAMESPACES.contains(&namespace.as_str()) {
             // closed by the shutdown a moment before the process exits
             return Err(ApiError::unavailable(
                 "this node is shutting down; send it to another node",

@@ -25,4 +25,11 @@ pub mod stats;
 pub mod validate;
 
 pub use config::Config;
+
+/// The namespaces sio-node serves outside conformance mode.
+pub const NAMESPACES: [&str; 3] = [
+    chat::NAMESPACE,
+    notifications::NAMESPACE,
+    dashboard::NAMESPACE,
+];
 pub use server::{NodeError, run};

@@ -42,13 +42,6 @@ pub struct Metrics {
     pub draining: IntGauge,
 }
 
-/// The namespaces sio-node serves outside conformance mode.
-const PRODUCT_NAMESPACES: [&str; 3] = [
-    crate::chat::NAMESPACE,
-    crate::notifications::NAMESPACE,
-    crate::dashboard::NAMESPACE,
-];
-
 impl Metrics {
     /// Registers every node metric, the process collector and `sio_build_info`.
     pub fn new() -> Self {
@@ -192,7 +185,7 @@ impl Metrics {
 
         // Series of the product's known label values exist from start-up at zero, so a
         // `rate()` or an alert sees 0 rather than no data before the first event.
-        for ns in PRODUCT_NAMESPACES {
+        for ns in crate::NAMESPACES {
             connects.with_label_values(&[ns]);
             events_received.with_label_values(&[ns]);
             events_sent.with_label_values(&[ns]);
