@@ -107,7 +107,7 @@ impl AdapterMetrics {
             registry.register(c).expect("adapter metric registration");
         }
         // Known label values exist at zero from start-up (alerts see 0, not no data).
-        for kind in ["request", "response", "notify", "notify_reply"] {
+        for kind in CHANNEL_KINDS {
             m.published.with_label_values(&[kind]);
             m.received.with_label_values(&[kind]);
             m.dropped.with_label_values(&[kind]);
@@ -118,6 +118,10 @@ impl AdapterMetrics {
         m
     }
 }
+
+/// Every kind [`channel_kind`] gives a channel of ours, for metrics that exist before the
+/// first message.
+pub const CHANNEL_KINDS: [&str; 4] = ["request", "response", "notify", "notify_reply"];
 
 /// The kind label of a channel.
 pub fn channel_kind(channel: &str) -> &'static str {
@@ -131,5 +135,29 @@ pub fn channel_kind(channel: &str) -> &'static str {
         "notify"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    #[test]
+    fn every_channel_kind_is_listed() {
+        let keys = Keys::new("p");
+        let prefix = keys.adapter_prefix();
+        let channels = [
+            format!("{prefix}-request#/#"),
+            format!("{prefix}-request#/#uid#"),
+            format!("{prefix}-response#/#uid#"),
+            keys.notify_channel(),
+            keys.notify_reply_channel("uid"),
+        ];
+        let kinds: Vec<&str> = channels.iter().map(|c| channel_kind(c)).collect();
+        assert!(kinds.iter().all(|k| CHANNEL_KINDS.contains(k)), "{kinds:?}");
+        for kind in CHANNEL_KINDS {
+            assert!(kinds.contains(&kind), "{kind} is listed but never given");
+        }
     }
 }
