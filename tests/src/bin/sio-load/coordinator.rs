@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use crate::client::Transport;
 use crate::plan::{Answer, Command, Plan};
 use crate::procfs;
 use crate::report::{IdlePoint, Percentiles, Report, Step, Storm};
+use crate::stats::{self, StatsUrl};
 use crate::target::Target;
 use crate::worker::{histogram, unix_nanos};
 
@@ -81,6 +83,18 @@ pub struct RunArgs {
     /// Loopback source addresses to spread clients over (127.0.0.2 …).
     #[arg(long, default_value_t = 16)]
     pub sources: u8,
+    /// Source address of every member of room r: the (r mod n)-th of these (comma-separated
+    /// loopback IPv4 addresses), instead of --sources. A proxy that hashes the client address
+    /// then keeps a room's members on one node.
+    #[arg(long, value_delimiter = ',')]
+    pub room_sources: Vec<Ipv4Addr>,
+    /// Prometheus endpoints (loopback) read before and after every step; the report gives the
+    /// differences of the samples named by --stats-prefix.
+    #[arg(long = "stats-url", value_delimiter = ',')]
+    pub stats_urls: Vec<StatsUrl>,
+    /// Metric name prefixes kept from --stats-url (e.g. `sio_adapter_messages_`).
+    #[arg(long, value_delimiter = ',')]
+    pub stats_prefix: Vec<String>,
     /// Connection attempts in flight per worker.
     #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,
@@ -183,6 +197,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         );
     }
     ensure!(
+        args.room_sources.iter().all(|a| a.is_loopback()),
+        "--room-sources: loopback addresses only (127.x.y.z)"
+    );
+    ensure!(
         args.idle_steps.is_empty() || !joins,
         "idle steps connect clients that join no room: use --room-size 0"
     );
@@ -205,6 +223,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         transport: args.transport,
         room_size: args.room_size,
         sources: args.sources,
+        room_sources: args.room_sources.clone(),
         connect_concurrency: args.connect_concurrency,
         reconnect: args.reconnect || !args.storm_pids.is_empty(),
         workers,
@@ -338,6 +357,20 @@ fn rss_by_pid(pids: &[u32]) -> BTreeMap<u32, u64> {
         .collect()
 }
 
+fn cpu_by_pid(pids: &[u32], ticks: f64) -> BTreeMap<u32, f64> {
+    pids.iter()
+        .map(|p| (*p, procfs::cpu_of_trees(&[*p], ticks)))
+        .collect()
+}
+
+/// Every `--stats-url`, read now.
+fn scrape_all(args: &RunArgs) -> anyhow::Result<Vec<BTreeMap<String, f64>>> {
+    args.stats_urls
+        .iter()
+        .map(|u| stats::scrape(u, &args.stats_prefix))
+        .collect()
+}
+
 fn run_step(
     args: &RunArgs,
     workers: &mut Workers,
@@ -349,6 +382,8 @@ fn run_step(
     let broadcasts = rate / args.room_size as f64;
     let per_room_rate = broadcasts / rooms.max(1) as f64;
     let generator = workers.pids();
+    let stats_before = scrape_all(args)?;
+    let cpu_by_pid_before = cpu_by_pid(&args.cpu_pids, ticks);
     let cpu_before = procfs::cpu_of_trees(&args.cpu_pids, ticks);
     let gen_before = procfs::cpu_of_trees(&generator, ticks);
     let start = unix_nanos() + 200_000_000;
@@ -380,6 +415,28 @@ fn run_step(
     }
     let answers = workers.all(&Command::Collect)?;
     let cpu = procfs::cpu_of_trees(&args.cpu_pids, ticks) - cpu_before;
+    let cpu_by_pid = cpu_by_pid(&args.cpu_pids, ticks)
+        .into_iter()
+        .map(|(pid, secs)| {
+            (
+                pid,
+                secs - cpu_by_pid_before.get(&pid).copied().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let stats_after = scrape_all(args)?;
+    let stats = stats_before
+        .iter()
+        .zip(&stats_after)
+        .zip(&args.stats_urls)
+        .map(|((before, after), url)| (url.to_string(), stats::delta(before, after)))
+        .collect();
+    let stats_after = args
+        .stats_urls
+        .iter()
+        .map(ToString::to_string)
+        .zip(stats_after)
+        .collect();
     let gen_cpu = procfs::cpu_of_trees(&generator, ticks) - gen_before;
     let mut all = histogram();
     let mut same = histogram();
@@ -445,6 +502,9 @@ fn run_step(
         same_node: several.then(|| Percentiles::of(&same)),
         other_node: several.then(|| Percentiles::of(&other)),
         system_cpu_secs: cpu,
+        cpu_secs_by_pid: cpu_by_pid,
+        stats,
+        stats_after,
         generator_cpu_secs: gen_cpu,
         cpu_secs_per_1000_deliveries: if received > 0 {
             cpu * 1000.0 / received as f64

@@ -16,7 +16,8 @@
 //!
 //! Modules: `coordinator` (the run), `worker` (one process's clients), `plan` (what the two
 //! share and say to each other), `client` (a Socket.IO session), `ws` and `polling` (the
-//! transports), `target` (addresses), `procfs` (RSS, CPU, descriptors), `report` (the JSON report).
+//! transports), `target` (addresses), `procfs` (RSS, CPU, descriptors), `stats` (the
+//! servers' counters around a step), `report` (the JSON report).
 
 mod client;
 mod coordinator;
@@ -24,6 +25,7 @@ mod plan;
 mod polling;
 mod procfs;
 mod report;
+mod stats;
 mod target;
 mod worker;
 mod ws;

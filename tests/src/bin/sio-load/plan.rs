@@ -2,10 +2,12 @@
 //! protocol between the coordinator and its workers (one JSON object per line each way:
 //! every command gets exactly one answer).
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use serde::{Deserialize, Serialize};
 
 use crate::client::Transport;
-use crate::target::Target;
+use crate::target::{Target, source_addr};
 
 /// The part of the run every worker shares.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -19,6 +21,9 @@ pub struct Plan {
     pub room_size: usize,
     /// Number of loopback source addresses (127.0.0.2 …) clients spread over.
     pub sources: u8,
+    /// When not empty, every member of room `r` connects from `room_sources[r % len]`
+    /// instead (a proxy hashing the client address then puts a room on one node).
+    pub room_sources: Vec<Ipv4Addr>,
     /// Connection attempts in flight per worker.
     pub connect_concurrency: usize,
     /// Reconnect after a lost session, with socket.io-client's back-off (1 s doubling to
@@ -36,6 +41,16 @@ impl Plan {
     /// Room of client `i`, if it joins one.
     pub fn room_of(&self, i: usize) -> Option<usize> {
         (self.room_size > 0).then(|| i / self.room_size)
+    }
+
+    /// Source address of client `i`.
+    pub fn source_of(&self, i: usize) -> SocketAddr {
+        match self.room_of(i) {
+            Some(r) if !self.room_sources.is_empty() => {
+                SocketAddr::from((self.room_sources[r % self.room_sources.len()], 0))
+            }
+            _ => source_addr(i, self.sources),
+        }
     }
 
     /// Index of the target client `i` connects to.
@@ -99,4 +114,38 @@ pub struct Answer {
     pub remote: Vec<(u64, u64)>,
     /// First connection error seen, if any.
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(room_sources: Vec<Ipv4Addr>) -> Plan {
+        Plan {
+            targets: vec!["http://127.0.0.1:3000/".parse().expect("url")],
+            transport: Transport::Websocket,
+            room_size: 4,
+            sources: 16,
+            room_sources,
+            connect_concurrency: 1,
+            reconnect: false,
+            workers: 2,
+            threads: 1,
+            user_prefix: "u".into(),
+        }
+    }
+
+    #[test]
+    fn a_room_connects_from_its_own_address() {
+        let a = Ipv4Addr::new(127, 1, 0, 1);
+        let b = Ipv4Addr::new(127, 1, 0, 2);
+        let p = plan(vec![a, b]);
+        for i in 0..4 {
+            assert_eq!(p.source_of(i), SocketAddr::from((a, 0)));
+        }
+        assert_eq!(p.source_of(4), SocketAddr::from((b, 0)));
+        assert_eq!(p.source_of(8), SocketAddr::from((a, 0)));
+        // Without room addresses, clients spread over --sources.
+        assert_eq!(plan(vec![]).source_of(1), source_addr(1, 16));
+    }
 }

@@ -73,6 +73,12 @@ pub struct Step {
     pub other_node: Option<Percentiles>,
     /// CPU seconds of the measured system's processes during the step.
     pub system_cpu_secs: f64,
+    /// CPU seconds of each `--cpu-pids` process (with its children) during the step.
+    pub cpu_secs_by_pid: BTreeMap<u32, f64>,
+    /// Differences of the `--stats-url` samples over the step, by URL then `name{labels}`.
+    pub stats: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The `--stats-url` samples at the end of the step (gauges: connections, subscriptions).
+    pub stats_after: BTreeMap<String, BTreeMap<String, f64>>,
     /// CPU seconds of the worker processes during the step.
     pub generator_cpu_secs: f64,
     /// System CPU seconds per 1,000 deliveries.

@@ -14,7 +14,6 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::client::Conn;
 use crate::plan::{Answer, Command, Plan};
-use crate::target::source_addr;
 
 /// Highest latency recorded (µs); anything slower is clamped to it.
 const MAX_LATENCY_US: u64 = 120_000_000;
@@ -189,7 +188,7 @@ fn backoff(attempt: u32) -> Duration {
 async fn client(shared: Arc<Shared>, i: usize, done: mpsc::UnboundedSender<bool>) {
     let plan = &shared.plan;
     let target = &plan.targets[plan.target_of(i)];
-    let source = source_addr(i, plan.sources);
+    let source = plan.source_of(i);
     let user = format!("{}{i}", plan.user_prefix);
     let room = plan.room_of(i).map(|r| format!("r{r}"));
     let mut first = Some(done);
