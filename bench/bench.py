@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""`make bench`: sio-cluster side by side with Node Socket.IO (behind HAProxy and nginx) and
-socketioxide served directly, in one run on this machine.
+"""`make bench`: sio-cluster side by side with Node Socket.IO (behind HAProxy and nginx),
+socketioxide served directly and bare socketioxide + socketioxide-redis, in one run on this
+machine.
 
 Starts every system itself (bench/systems.py), drives them with the `sio-load` generator
 (tests/src/bin/sio-load), alternates systems between repetitions, takes medians, and writes
@@ -8,6 +9,9 @@ bench/results/<date>.json, bench/results/<date>.md and the charts in bench/resul
 Stops every process it started, also on Ctrl-C and on failure.
 
     python3 bench/bench.py [--quick] [--only idle,fanout,...] [--out bench/results]
+
+Scenarios (`--only` keys): idle, redis2, scaleout, proxy, fanout, crossnode, profile, storm,
+heap, settings (bench/README.md says what each measures).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import systems  # noqa: E402
-from systems import BIN, RUN, LIBDIR, Procs, start_system, stop_system  # noqa: E402
+from systems import BIN, RUN, LIBDIR, Procs, start_system, stop_system, url  # noqa: E402
 
 LOAD = BIN / "sio-load"
 # Fan-out ladders, deliveries per second (a step fails at p99 > 50 ms or any loss).
@@ -36,17 +40,37 @@ LADDER_WS = [20_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 
              500_000, 650_000, 800_000, 1_000_000]
 LADDER_POLLING = [1_000, 2_500, 5_000, 10_000, 20_000, 50_000, 100_000, 150_000]
 ALL_SYSTEMS = ["node-haproxy", "node-nginx", "socketioxide", "sioxide-sioproxy", "sioxide-haproxy",
-               "sio-cluster", "sio-cluster-1t"]
-PROXY_SYSTEMS = ALL_SYSTEMS[:-1]
+               "sio-cluster"]
 MAIN_SYSTEMS = ["node-haproxy", "node-nginx", "socketioxide", "sio-cluster"]
 IDLE_STEPS = [1000, 5000, 9000]
-SCENARIOS = ["idle", "settings", "fanout", "crossnode", "storm", "profile", "heap"]
+SCENARIOS = ["idle", "redis2", "scaleout", "proxy", "fanout", "crossnode", "profile", "storm", "heap",
+             "settings"]
+# Issue 12, item 4: two nodes on Redis, servers on one core, 1 room of 1,000 WebSocket clients.
+REDIS2_SYSTEMS = ["sio-redis2", "sxr2"]
+LADDER_REDIS2 = [50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000,
+                 1_000_000]
+# Issue 12, item 8: N nodes behind a proxy, 1,200 clients in rooms of 4 on one node each, a
+# fixed total of room messages per second.
+SCALE_NODES = [3, 6, 12]
+SCALE_KINDS = ["rooms", "broadcast", "node"]
+SCALE_CLIENTS = 1200
+SCALE_ROOM_SIZE = 4
+SCALE_MESSAGES_PER_SEC = 1000
+# Issue 14, item 5: one sio-node direct, behind sio-proxy, behind HAProxy; servers on one core.
+PROXY_PATHS = ["proxy-direct", "proxy-sioproxy", "proxy-haproxy"]
+PROXY_WS_RATES = [10_000, 50_000, 200_000]  # deliveries/s = 10, 50, 200 messages/s per room
+PROXY_POLLING_LADDER = [1_000, 2_500, 5_000, 10_000, 20_000, 50_000]
+# The samples of the nodes' /metrics kept around a step (adapter messages, subscriptions,
+# connections; the Node baseline's own counters are `bench_*`).
+STATS_PREFIXES = "sio_adapter_,sio_connections,bench_"
 
 
 # Whole `make bench` budget: bench/run.sh exports when it started (before building).
 DEADLINE = float(os.environ.get("BENCH_DEADLINE", "0")) or (time.time() + 28 * 60)
 # What the scenarios after the fan-out ladders need, roughly, on this machine.
 AFTER_FANOUT_SECS = 6 * 60
+# One repetition of the fan-out ladders: what the scenarios before them leave at least.
+FANOUT_ONE_REP_SECS = 5 * 60
 
 
 def left() -> float:
@@ -62,13 +86,14 @@ def csv(values) -> str:
     return ",".join(str(int(v)) for v in values)
 
 
-def sio_load(procs: Procs, name: str, args: list, timeout: float = 600) -> dict:
-    """Runs one `sio-load run` and returns its JSON report."""
+def sio_load(procs: Procs, name: str, args: list, timeout: float = 600,
+             cpus: set[int] | None = None) -> dict:
+    """Runs one `sio-load run` (on `cpus` when given) and returns its JSON report."""
     out = RUN / "raw" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     p = procs.spawn(f"load-{name}", [LOAD, "run", *[str(a) for a in args], "--json", out],
-                    stdout=subprocess.DEVNULL)
+                    stdout=subprocess.DEVNULL, cpus=cpus)
     try:
         p.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -211,17 +236,209 @@ class Bench:
                 if s:
                     stop_system(self.procs, s)
 
+    # --- issue 12: sio-node x2 against bare socketioxide + socketioxide-redis x2 ----------------
+    def redis2(self) -> None:
+        """Max fan-out (1 room of 1,000 WebSocket clients on both nodes, one sender) at p99 <=
+        50 ms of two nodes on Redis, servers and Redis pinned to one core, the generator to the
+        other: sio-node against bare socketioxide + socketioxide-redis."""
+        servers, generator = systems.pinning()
+        ladder = LADDER_REDIS2[:4] if self.quick else LADDER_REDIS2
+        reps = 1 if self.quick else 2
+        out = self.results["redis2"] = {
+            "ladder": ladder, "reps": reps, "clients": 1000, "room_size": 1000,
+            "servers_cpus": sorted(servers or []), "generator_cpus": sorted(generator or []),
+            "runs": {k: [] for k in REDIS2_SYSTEMS}}
+        running: dict[str, systems.System] = {}
+        try:
+            for key in REDIS2_SYSTEMS:
+                try:
+                    running[key] = start_system(self.procs, key, cpus=servers)
+                except Exception as e:  # noqa: BLE001
+                    self.error(f"redis2 start {key}", e)
+            time.sleep(1.0)
+            for rep in range(reps):
+                if rep > 0 and left() < AFTER_FANOUT_SECS + FANOUT_ONE_REP_SECS + 9 * 60:
+                    log(f"redis2: {rep} repetition(s) only, to stay in the time budget")
+                    out["reps"] = rep
+                    break
+                keys = REDIS2_SYSTEMS if rep % 2 == 0 else REDIS2_SYSTEMS[::-1]
+                for key in keys:
+                    s = running.get(key)
+                    if not s:
+                        continue
+                    name = f"redis2-{key}-{rep + 1}"
+                    try:
+                        r = sio_load(self.procs, name, [
+                            "--url", s.url, "--clients", 1000, "--room-size", 1000,
+                            "--rates", csv(ladder), "--step-duration", "1500ms", "--drain-timeout", "4s",
+                            "--settle", "1s", "--cpu-pids", csv(s.cpu_pids), "--sources", "32",
+                            "--connect-concurrency", "200", *stats_args(s), f"--label={name}"],
+                            timeout=300, cpus=generator)
+                        out["runs"][key].append(run_record(s, r))
+                    except Exception as e:  # noqa: BLE001
+                        self.error(name, e)
+        finally:
+            for s in running.values():
+                stop_system(self.procs, s)
+
+    # --- issue 12: scale-out, N nodes, rooms on one node each ------------------------------------
+    def scaleout(self) -> None:
+        """N = 3, 6, 12 nodes behind a proxy hashing the client address; 1,200 clients in rooms
+        of 4, each room's members from one source address chosen so that rooms spread evenly over
+        the nodes; a fixed total of room messages per second. Every system gets a warm-up step,
+        then the measured one at the same rate."""
+        ns = SCALE_NODES[:2] if self.quick else SCALE_NODES
+        rooms = SCALE_CLIENTS // SCALE_ROOM_SIZE
+        rate = SCALE_MESSAGES_PER_SEC * SCALE_ROOM_SIZE
+        step = "2s" if self.quick else "4s"
+        out = self.results["scaleout"] = {
+            "nodes": ns, "clients": SCALE_CLIENTS, "room_size": SCALE_ROOM_SIZE, "rooms": rooms,
+            "messages_per_sec": SCALE_MESSAGES_PER_SEC, "deliveries_per_sec": rate, "step": step,
+            "runs": [], "skipped": []}
+        for i, n in enumerate(ns):
+            kinds = SCALE_KINDS[i % len(SCALE_KINDS):] + SCALE_KINDS[:i % len(SCALE_KINDS)]
+            for kind in kinds:
+                name = f"scaleout-{kind}-{n}"
+                if left() < AFTER_FANOUT_SECS + FANOUT_ONE_REP_SECS + 3 * 60:
+                    self.error(name, RuntimeError("time budget spent: skipped"))
+                    continue
+                s = None
+                try:
+                    s = systems.start_scaleout(self.procs, kind, n)
+                    placement = systems.place_rooms(s, rooms)
+                    log(f"{name}: rooms per node {sorted(placement['rooms_per_node'].values())} "
+                        f"after {placement['probes']} probes")
+                    r = sio_load(self.procs, name, [
+                        "--url", s.url, "--clients", SCALE_CLIENTS, "--room-size", SCALE_ROOM_SIZE,
+                        "--room-sources", ",".join(placement["addresses"]),
+                        "--rates", f"{rate},{rate}", "--keep-going", "--step-duration", step,
+                        "--drain-timeout", "4s", "--settle", "1s", "--cpu-pids", csv(s.cpu_pids),
+                        "--connect-concurrency", "100", *stats_args(s), f"--label={name}"], timeout=240)
+                    placement.pop("addresses")
+                    out["runs"].append({"kind": kind, "n": n, "system": s.key, "notes": s.notes,
+                                        "placement": placement, **run_record(s, r)})
+                except systems.Unsupported as e:
+                    log(f"{name}: skipped: {e}")
+                    out["skipped"].append({"kind": kind, "n": n, "why": str(e)})
+                except Exception as e:  # noqa: BLE001
+                    self.error(name, e)
+                finally:
+                    if s:
+                        stop_system(self.procs, s)
+
+    # --- issue 14: the proxy's own cost ------------------------------------------------------------
+    def proxy(self) -> None:
+        """One sio-node, served directly, through sio-proxy and through HAProxy (all three paths
+        to the same node process), servers on one core and the generator on the other: CPU per
+        delivered frame of the proxy and added latency at fixed rates (WebSocket, 1 room of 1,000
+        and rooms of 10), the polling fan-out ladder, and idle polling memory per session."""
+        servers, generator = systems.pinning()
+        reps = 1 if self.quick else 2
+        out = self.results["proxy"] = {
+            "servers_cpus": sorted(servers or []), "generator_cpus": sorted(generator or []),
+            "ws": [], "polling": None, "idle_polling": []}
+        tag = f"proxy-{int(time.time() * 1000) % 100000}"
+        started: list = []
+        try:
+            node, nport = systems.start_sio_node(self.procs, f"{tag}-node", cpus=servers)
+            started.append(node)
+            sp, spport = systems.start_sio_proxy(self.procs, f"{tag}-sioproxy", [nport], cpus=servers)
+            started.append(sp)
+            hp, hpport = systems.start_haproxy(self.procs, f"{tag}-haproxy", [(nport, None)], cpus=servers)
+            started.append(hp)
+            paths = {
+                "proxy-direct": systems.System("proxy-direct", systems.LABELS["proxy-direct"], url(nport),
+                                               node_pids=[node.pid], node_ports=[nport]),
+                "proxy-sioproxy": systems.System("proxy-sioproxy", systems.LABELS["proxy-sioproxy"],
+                                                 url(spport), node_pids=[node.pid], proxy_pids=[sp.pid],
+                                                 node_ports=[nport]),
+                "proxy-haproxy": systems.System("proxy-haproxy", systems.LABELS["proxy-haproxy"],
+                                                url(hpport), node_pids=[node.pid], proxy_pids=[hp.pid],
+                                                node_ports=[nport]),
+            }
+            time.sleep(1.0)
+            step = "1500ms" if self.quick else "2s"
+            for room_size in (1000, 10):
+                entry = {"transport": "websocket", "clients": 1000, "room_size": room_size,
+                         "rates": PROXY_WS_RATES, "reps": reps, "runs": {k: [] for k in PROXY_PATHS}}
+                out["ws"].append(entry)
+                for rep in range(reps):
+                    if rep > 0 and left() < AFTER_FANOUT_SECS + FANOUT_ONE_REP_SECS + 60:
+                        entry["reps"] = rep
+                        break
+                    order = PROXY_PATHS[rep % 3:] + PROXY_PATHS[:rep % 3]
+                    for key in order:
+                        s = paths[key]
+                        name = f"proxy-ws-{room_size}-{key}-{rep + 1}"
+                        try:
+                            r = sio_load(self.procs, name, [
+                                "--url", s.url, "--clients", 1000, "--room-size", room_size,
+                                "--rates", csv(PROXY_WS_RATES), "--keep-going", "--step-duration", step,
+                                "--drain-timeout", "4s", "--settle", "1s", "--cpu-pids", csv(s.cpu_pids),
+                                "--sources", "64", "--connect-concurrency", "200", f"--label={name}"],
+                                timeout=240, cpus=generator)
+                            entry["runs"][key].append(run_record(s, r))
+                        except Exception as e:  # noqa: BLE001
+                            self.error(name, e)
+            ladder = PROXY_POLLING_LADDER[:3] if self.quick else PROXY_POLLING_LADDER
+            entry = out["polling"] = {"transport": "polling", "clients": 1000, "room_size": 1000,
+                                      "ladder": ladder, "runs": {k: [] for k in PROXY_PATHS}}
+            for key in PROXY_PATHS:
+                s = paths[key]
+                name = f"proxy-polling-{key}"
+                try:
+                    r = sio_load(self.procs, name, [
+                        "--url", s.url, "--transport", "polling", "--clients", 1000, "--room-size", 1000,
+                        "--rates", csv(ladder), "--step-duration", "1500ms", "--drain-timeout", "4s",
+                        "--settle", "1s", "--cpu-pids", csv(s.cpu_pids), "--sources", "64",
+                        "--connect-concurrency", "200", f"--label={name}"], timeout=300, cpus=generator)
+                    entry["runs"][key].append(run_record(s, r))
+                except Exception as e:  # noqa: BLE001
+                    self.error(name, e)
+            steps = [500, 1500] if self.quick else [1000, 4000]
+            for key in ("proxy-sioproxy", "proxy-haproxy"):
+                s = paths[key]
+                name = f"proxy-idle-polling-{key}"
+                try:
+                    r = sio_load(self.procs, name, [
+                        "--url", s.url, "--transport", "polling", "--idle-steps", csv(steps),
+                        "--rss-pids", csv(s.proxy_pids + s.node_pids), "--settle", "2s",
+                        "--sources", "64", "--connect-concurrency", "200", f"--label={name}"],
+                        timeout=240, cpus=generator)
+                    pts = r["idle"]
+                    proxy = str(s.proxy_pids[0])
+
+                    def proxy_rss(pt):
+                        return pt["rss_by_pid"].get(proxy, 0)
+                    first, last = pts[0], pts[-1]
+                    out["idle_polling"].append({
+                        "path": key, "steps": steps, "connect_failed": r["connect_failed"],
+                        "points": [{"connected": pt["connected"], "proxy_rss_bytes": proxy_rss(pt),
+                                    "proxy_base_rss_bytes": pt["base_rss_by_pid"].get(proxy, 0)} for pt in pts],
+                        "proxy_marginal_per_session": (proxy_rss(last) - proxy_rss(first))
+                        / max(last["connected"] - first["connected"], 1),
+                        "proxy_gained_per_session": (proxy_rss(last) - last["base_rss_by_pid"].get(proxy, 0))
+                        / max(last["connected"], 1)})
+                except Exception as e:  # noqa: BLE001
+                    self.error(name, e)
+        except Exception as e:  # noqa: BLE001
+            self.error("proxy", e)
+        finally:
+            for p in reversed(started):
+                self.procs.stop(p)
+
     # --- fan-out ladders ------------------------------------------------------------------
     def fanout(self) -> None:
         out = self.results["fanout"] = []
-        reps_main = 1 if self.quick else 3
+        reps_main = 1 if self.quick else 2
         # Rooms of 10: 900 rooms (9,000 clients) on WebSocket and 500 (5,000) on polling, not
         # 1,000: a proxy process holds two descriptors per session (plus a sender's POST
         # connection on polling) and 20,000 descriptors is the hard limit per process here.
         configs = [  # transport, clients, room size, systems, repetitions
             ("websocket", 1000, 1000, ALL_SYSTEMS, reps_main),
             ("websocket", 9000, 10, MAIN_SYSTEMS, 1),
-            ("polling", 1000, 1000, PROXY_SYSTEMS, 1),
+            # sio-node behind sio-proxy and HAProxy on polling: the `proxy` scenario, pinned.
+            ("polling", 1000, 1000, MAIN_SYSTEMS, 1),
             ("polling", 5000, 10, MAIN_SYSTEMS, 1),
         ]
         if self.quick:
@@ -402,8 +619,13 @@ class Bench:
 
     def run(self) -> dict:
         self.selected = self.args.only.split(",") if self.args.only else SCENARIOS
+        unknown = sorted(set(self.selected) - set(SCENARIOS))
+        if unknown:
+            raise SystemExit(f"--only: unknown scenario(s) {', '.join(unknown)}; choose among {','.join(SCENARIOS)}")
         started = time.monotonic()
-        for name in ("idle", "fanout", "storm", "heap", "settings"):
+        # The issues' new scenarios before the fan-out ladders, whose repetitions shrink to the
+        # time left; settings, the least needed now, last.
+        for name in ("idle", "redis2", "scaleout", "proxy", "fanout", "storm", "heap", "settings"):
             if name == "fanout" and not ({"fanout", "crossnode", "profile"} & set(self.selected)):
                 continue
             if name != "fanout" and name not in self.selected:
@@ -444,6 +666,29 @@ def git_describe() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def stats_args(s) -> list:
+    """sio-load options that read the nodes' counters around every step."""
+    if not s.stats_urls:
+        return []
+    return ["--stats-url", ",".join(s.stats_urls), "--stats-prefix", STATS_PREFIXES]
+
+
+def keep_stat(key: str) -> bool:
+    """The counters the report uses (not the adapter's latency histograms)."""
+    return "_bucket" not in key and any(w in key for w in (
+        "messages", "subscri", "connections", "useful", "wasted"))
+
+
+def run_record(s, r: dict) -> dict:
+    """A sio-load report with which of its CPU pids are nodes, proxies and the rest."""
+    run = slim_run(r)
+    for st in run.get("steps") or []:
+        for field in ("stats", "stats_after"):
+            st[field] = {u: {k: v for k, v in m.items() if keep_stat(k)} for u, m in (st.get(field) or {}).items()}
+    run["pids"] = {"node": s.node_pids, "proxy": s.proxy_pids, "other": s.other_pids}
+    return run
 
 
 def slim_run(r: dict) -> dict:

@@ -18,7 +18,7 @@ TARGETS = {  # from issue 6, measured there with a minimal generator, 1 room of 
 }
 COLORS = {"node-haproxy": "#d62728", "node-nginx": "#ff7f0e", "socketioxide": "#1f77b4",
           "sioxide-sioproxy": "#17becf", "sioxide-haproxy": "#9467bd", "sio-cluster": "#2ca02c",
-          "sio-cluster-1t": "#8c564b"}
+          "sio-cluster-1t": "#8c564b", "sio-redis2": "#2ca02c", "sxr2": "#1f77b4"}
 
 
 def med(values):
@@ -146,6 +146,372 @@ def summary(results):
     return s
 
 
+# --- issues 12 and 14: helpers over runs with per-pid CPU ----------------------------------------
+
+def pid_cpu(step, pids):
+    """CPU seconds of `pids` (with their children) during a step."""
+    by = step.get("cpu_secs_by_pid") or {}
+    return sum(by.get(str(p), 0.0) for p in pids)
+
+
+def us_per(step, run, role):
+    """µs of CPU of the run's `role` processes (node, proxy, other) per delivery."""
+    got = step.get("received") or 0
+    pids = (run.get("pids") or {}).get(role) or []
+    if not got or not pids:
+        return None
+    return pid_cpu(step, pids) / got * 1e6
+
+
+def rows_by_rate(runs, rates):
+    """Per rate: medians over the repetitions of latency, delivered rate and CPU by role."""
+    rows = []
+    for rate in rates:
+        pairs = [(st, r) for r in runs for st in r["steps"] if st["target_deliveries_per_sec"] == rate]
+        if not pairs:
+            continue
+        rows.append({
+            "target": rate, "runs": len(pairs), "reps": len(runs),
+            "passed": sum(st["pass"] for st, _ in pairs),
+            "delivered": med([st["deliveries_per_sec"] for st, _ in pairs]),
+            "p50": med([st["latency"]["p50_ms"] for st, _ in pairs]),
+            "p99": med([st["latency"]["p99_ms"] for st, _ in pairs]),
+            "node_us": med([us_per(st, r, "node") for st, r in pairs]),
+            "proxy_us": med([us_per(st, r, "proxy") for st, r in pairs]),
+            "other_us": med([us_per(st, r, "other") for st, r in pairs]),
+            "reasons": sorted({st["fail_reason"] for st, _ in pairs if st["fail_reason"]}),
+        })
+    return rows
+
+
+def best_row(rows):
+    best = None
+    for row in rows:
+        if row["passed"] * 2 > row["reps"]:
+            best = row
+    return best
+
+
+def stat_sum(maps, name_prefixes, contains=None):
+    """Sum, over every node, of the samples whose name starts with one of `name_prefixes`
+    (and whose key contains `contains`)."""
+    total, seen = 0.0, False
+    for m in (maps or {}).values():
+        for k, v in m.items():
+            if any(k.startswith(p) for p in name_prefixes) and (contains is None or contains in k):
+                total += v
+                seen = True
+    return total if seen else None
+
+
+RECEIVED = ("sio_adapter_messages_received_total", "bench_adapter_messages_received_total")
+PUBLISHED = ("sio_adapter_messages_published_total", "bench_adapter_messages_published_total")
+
+
+def scale_figures(run):
+    """The measured (last) step of a scale-out run, summarised."""
+    if not run.get("steps"):
+        return None
+    st = run["steps"][-1]
+    got = st.get("received") or 0
+    pids = run.get("pids") or {}
+    per_1k = lambda role: pid_cpu(st, pids.get(role) or []) / got * 1000 if got else None  # noqa: E731
+    received = stat_sum(st.get("stats"), RECEIVED)
+    published = stat_sum(st.get("stats"), PUBLISHED)
+    useful = stat_sum(st.get("stats"), ("sio_adapter_",), "useful")
+    wasted = stat_sum(st.get("stats"), ("sio_adapter_",), "wasted")
+    subs = [v for m in (st.get("stats_after") or {}).values() for k, v in m.items()
+            if "subscri" in k and "_total" not in k]
+    conns = []
+    for m in (st.get("stats_after") or {}).values():
+        c = sum(v for k, v in m.items() if k.startswith("sio_connections") or k.startswith("bench_connections"))
+        conns.append(c)
+    return {
+        "n": run["n"], "kind": run["kind"], "pass": st["pass"], "fail_reason": st["fail_reason"],
+        "delivered": st["deliveries_per_sec"], "lost": st["lost"], "p50": st["latency"]["p50_ms"],
+        "p99": st["latency"]["p99_ms"], "node_cpu_per_1k": per_1k("node"),
+        "proxy_cpu_per_1k": per_1k("proxy"), "redis_cpu_per_1k": per_1k("other"),
+        "messages_per_publish": received / published if received is not None and published else None,
+        "received": received, "published": published,
+        "wasted_share": wasted / (useful + wasted) if useful is not None and wasted is not None and useful + wasted else None,
+        "subscriptions": sum(subs) if subs else None,
+        "connections_per_node": (min(conns), max(conns)) if conns else None,
+        "rooms_per_node": sorted((run.get("placement") or {}).get("rooms_per_node", {}).values()),
+        "notes": run.get("notes") or [],
+    }
+
+
+def scale_table(results):
+    so = results.get("scaleout") or {}
+    return [f for f in (scale_figures(r) for r in so.get("runs", [])) if f]
+
+
+def scale_ratio(figs, kind):
+    by_n = {f["n"]: f["node_cpu_per_1k"] for f in figs if f["kind"] == kind and f["node_cpu_per_1k"]}
+    if not by_n:
+        return None, None, None
+    lo, hi = min(by_n), max(by_n)
+    return (by_n[hi] / by_n[lo] if hi != lo else None), lo, hi
+
+
+def proxy_polling_max(results, key):
+    p = (results.get("proxy") or {}).get("polling") or {}
+    runs = (p.get("runs") or {}).get(key) or []
+    return max_rate(runs)
+
+
+def idle_polling(results, key):
+    for e in (results.get("proxy") or {}).get("idle_polling", []):
+        if e["path"] == key:
+            return e
+    return None
+
+
+def proxy_ws_rows(results, room_size):
+    for e in (results.get("proxy") or {}).get("ws", []):
+        if e["room_size"] == room_size:
+            return {k: rows_by_rate(rs, e["rates"]) for k, rs in e["runs"].items()}, e
+    return {}, None
+
+
+def target_row(add, name, value, goal, better="higher", shown=None):
+    if value is None:
+        add(f"| {name} | n/a | n/a |")
+        return
+    ok = value >= goal if better == "higher" else value <= goal
+    add(f"| {name} | {shown or fmt(value, '', 2)} | {'yes' if ok else 'no'} |")
+
+
+def issue_targets(results, add):
+    """The targets of issues 12 and 14, each with the figure measured in this run."""
+    add("## Targets (issues 12 and 14)")
+    add("")
+    add("| target | measured here | met? |")
+    add("|---|---|---|")
+    r2 = results.get("redis2") or {}
+    a, b = (r2.get("runs") or {}).get("sio-redis2", []), (r2.get("runs") or {}).get("sxr2", [])
+    ra, rb = max_rate(a), max_rate(b)
+    target_row(add, "issue 12: sio-node x2 on Redis >= 0.8x bare socketioxide-redis x2 (max fan-out at p99 <= 50 ms, servers on one core)",
+               ra / rb if ra is not None and rb else None, 0.8,
+               shown=f"{ratio(ra, rb)} ({fmt(ra)}/s vs {fmt(rb)}/s)" if ra is not None and rb else None)
+    figs = scale_table(results)
+    q, lo, hi = scale_ratio(figs, "rooms")
+    target_row(add, f"issue 12: --adapter-routing rooms, node CPU per 1,000 deliveries at {hi or 12} nodes <= 1.25x that at {lo or 3}",
+               q, 1.25, better="lower")
+    rows, _ = proxy_ws_rows(results, 1000)
+    for rate in (10_000, 50_000):
+        sp = next((x for x in rows.get("proxy-sioproxy", []) if x["target"] == rate), None)
+        hp = next((x for x in rows.get("proxy-haproxy", []) if x["target"] == rate), None)
+        d = next((x for x in rows.get("proxy-direct", []) if x["target"] == rate), None)
+        q = sp["proxy_us"] / hp["proxy_us"] if sp and hp and sp["proxy_us"] and hp["proxy_us"] else None
+        target_row(add, f"issue 14: sio-proxy CPU per delivered frame <= 0.5x HAProxy's, {rate // 1000} messages/s to 1,000 WebSocket clients",
+                   q, 0.5, better="lower",
+                   shown=f"{q:.2f}x ({sp['proxy_us']:.2f} vs {hp['proxy_us']:.2f} µs)" if q is not None else None)
+        added = sp["p50"] - d["p50"] if sp and d and sp["p50"] is not None and d["p50"] is not None else None
+        target_row(add, f"issue 14: sio-proxy adds <= 1 ms to p50 at {rate // 1000} messages/s", added, 1.0,
+                   better="lower", shown=f"{added:+.2f} ms" if added is not None else None)
+    e = fanout_entry(results, "websocket", 10)
+    if e:
+        cl = max_rate(e["runs"].get("sio-cluster", []))
+        for base in ("node-nginx", "node-haproxy"):
+            bm = max_rate(e["runs"].get(base, []))
+            target_row(add, f"issue 14: rooms of 10 ({e['shape']}), sio-cluster >= 2x {results.get('labels', {}).get(base, base)}",
+                       cl / bm if cl is not None and bm else None, 2.0,
+                       shown=f"{ratio(cl, bm)} ({fmt(cl)}/s vs {fmt(bm)}/s)" if cl is not None and bm else None)
+    sp, hp, d = (proxy_polling_max(results, k) for k in ("proxy-sioproxy", "proxy-haproxy", "proxy-direct"))
+    target_row(add, "issue 14: polling fan-out (1x1000) through sio-proxy >= 2x HAProxy's",
+               sp / hp if sp is not None and hp else None, 2.0,
+               shown=f"{ratio(sp, hp)} ({fmt(sp)}/s vs {fmt(hp)}/s)" if sp is not None and hp else None)
+    target_row(add, "issue 14: polling fan-out through sio-proxy >= 0.5x direct",
+               sp / d if sp is not None and d else None, 0.5,
+               shown=f"{ratio(sp, d)} ({fmt(sp)}/s vs {fmt(d)}/s)" if sp is not None and d else None)
+    isp, ihp = idle_polling(results, "proxy-sioproxy"), idle_polling(results, "proxy-haproxy")
+    a = kb(isp["proxy_gained_per_session"]) if isp else None
+    b = kb(ihp["proxy_gained_per_session"]) if ihp else None
+    target_row(add, "issue 14: sio-proxy memory per idle polling session <= HAProxy's (KB)",
+               a / b if a is not None and b else None, 1.0, better="lower",
+               shown=f"{fmt(a)} vs {fmt(b)} KB" if a is not None and b else None)
+    add("")
+
+
+def redis2_section(results, add, charts):
+    r2 = results.get("redis2")
+    if not r2:
+        return
+    labels = results.get("labels", {})
+    add("## Two nodes on Redis: sio-node against bare socketioxide-redis (issue 12)")
+    add("")
+    cpus = r2.get("servers_cpus")
+    add("1 room of 1,000 WebSocket clients connected to the two nodes directly (alternately), one "
+        "sender on the first node, rates rising until p99 > 50 ms or any loss. "
+        + (f"The nodes and Redis run on CPU {cpus}, the load generator on CPU {r2.get('generator_cpus')} "
+           "(taskset): the servers share one core. " if cpus else "Not pinned (one CPU only). ")
+        + f"{r2.get('reps')} repetition(s), alternating the order. CPU: µs of CPU per delivery.")
+    add("")
+    add("| system | max deliveries/s (spread) | p50 / p99 ms at that rate | nodes µs per delivery | Redis µs per delivery | first failure |")
+    add("|---|---|---|---|---|---|")
+    rows = {}
+    for key, rs in r2["runs"].items():
+        if not rs:
+            add(f"| {labels.get(key, key)} | no run | | | | |")
+            continue
+        rows[key] = rows_by_rate(rs, r2["ladder"])
+        best = best_row(rows[key])
+        lo, hi = rate_spread(rs)
+        fails = [r for r in rows[key] if r["passed"] * 2 <= r["runs"]]
+        why = f"{fmt(fails[0]['target'])}/s: {'; '.join(fails[0]['reasons'])[:90]}" if fails else "none"
+        add(f"| {labels.get(key, key)} | {fmt(max_rate(rs))} ({fmt(lo)}-{fmt(hi)}) | "
+            + (f"{fmt(best['p50'], '', 2)} / {fmt(best['p99'], '', 2)} | {fmt(best['node_us'], '', 2)} | "
+               f"{fmt(best['other_us'], '', 2)} |" if best else "n/a | n/a | n/a |") + f" {why} |")
+    add("")
+    a, b = r2["runs"].get("sio-redis2", []), r2["runs"].get("sxr2", [])
+    if a and b:
+        ra, rb = max_rate(a), max_rate(b)
+        ok_a = {r["target"]: r for r in rows.get("sio-redis2", []) if r["passed"] * 2 > r["reps"]}
+        ok_b = {r["target"]: r for r in rows.get("sxr2", []) if r["passed"] * 2 > r["reps"]}
+        both = sorted(set(ok_a) & set(ok_b))
+        add(f"sio-node x2 reaches **{ratio(ra, rb)}** of bare socketioxide-redis x2 (target >= 0.80x).")
+        if both:
+            t = both[-1]
+            add(f" At {fmt(t)}/s, the highest rate both passed, the nodes spend {fmt(ok_a[t]['node_us'], '', 2)} µs "
+                f"(sio-node) and {fmt(ok_b[t]['node_us'], '', 2)} µs (socketioxide-redis) of CPU per delivery: "
+                f"{ratio(ok_a[t]['node_us'], ok_b[t]['node_us'])}.")
+        add("")
+
+
+def scaleout_section(results, add, charts):
+    so = results.get("scaleout")
+    if not so:
+        return
+    labels = results.get("labels", {})
+    add("## Scale-out: N nodes, rooms on one node each (issue 12)")
+    add("")
+    add(f"{so['clients']:,} WebSocket clients in {so['rooms']} rooms of {so['room_size']} behind the "
+        "proxy (sio-proxy with `--balance ip-hash` for sio-cluster, nginx `hash $remote_addr "
+        "consistent` for Node Socket.IO with `@socket.io/redis-adapter` 8.3 `createShardedAdapter`, "
+        "`subscriptionMode: \"dynamic\"`). Every member of a room connects from the same loopback "
+        "address, chosen by probing handshakes through the proxy so that the rooms spread evenly over "
+        f"the nodes (the *rooms per node* column). A fixed {so['messages_per_sec']:,} room messages/s "
+        f"({so['deliveries_per_sec']:,} deliveries/s) for {so['step']} after a warm-up step at the same "
+        "rate. *Node CPU* is the CPU seconds of all node processes per 1,000 deliveries; *Redis "
+        "messages per publish* is what the nodes received from Redis (their adapter counters: "
+        "`sio_adapter_messages_received_total`, or the Node baseline's wrapped Redis client) divided "
+        "by what they published.")
+    add("")
+    figs = scale_table(results)
+    base = {}
+    for f in figs:
+        if f["n"] == min(so["nodes"]):
+            base[f["kind"]] = f["node_cpu_per_1k"]
+    add("| system | N | node CPU s per 1k deliveries | vs N=%d | Redis messages per publish | wasted | p50 / p99 ms | proxy / Redis CPU s per 1k | rooms per node | connections per node | result |" % min(so["nodes"]))
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for f in sorted(figs, key=lambda f: (SCALE_ORDER.index(f["kind"]) if f["kind"] in SCALE_ORDER else 9, f["n"])):
+        key = f"scale-{f['kind']}"
+        rp = f["rooms_per_node"]
+        cp = f["connections_per_node"]
+        wasted = "n/a" if f["wasted_share"] is None else f"{f['wasted_share'] * 100:.0f} %"
+        add(f"| {labels.get(key, key)} | {f['n']} | {fmt(f['node_cpu_per_1k'], '', 4)} | "
+            f"{ratio(f['node_cpu_per_1k'], base.get(f['kind']))} | {fmt(f['messages_per_publish'], '', 2)} | "
+            f"{wasted} | "
+            f"{fmt(f['p50'], '', 2)} / {fmt(f['p99'], '', 2)} | {fmt(f['proxy_cpu_per_1k'], '', 4)} / "
+            f"{fmt(f['redis_cpu_per_1k'], '', 4)} | {f'{rp[0]}-{rp[-1]}' if rp else 'n/a'} | "
+            f"{f'{cp[0]:.0f}-{cp[1]:.0f}' if cp else 'n/a'} | "
+            f"{'pass' if f['pass'] else 'fail: ' + str(f['fail_reason'])[:60]} |")
+    add("")
+    for kind in SCALE_ORDER:
+        q, lo, hi = scale_ratio(figs, kind)
+        if q is not None:
+            key = f"scale-{kind}"
+            goal = " (target <= 1.25x)" if kind == "rooms" else ""
+            add(f"- {labels.get(key, key)}: node CPU per 1,000 deliveries at {hi} nodes is **{q:.2f}x** that at {lo}{goal}.")
+    notes = sorted({n for f in figs for n in f["notes"]})
+    for n in notes:
+        add(f"- Note: {n}.")
+    for sk in so.get("skipped", []):
+        add(f"- Not measured: {sk['kind']} at N={sk['n']}: {sk['why']}.")
+    add("")
+    if "scaleout" in charts:
+        add(f"![scale-out]({charts['scaleout']})")
+        add("")
+
+
+def proxy_section(results, add, charts):
+    px = results.get("proxy")
+    if not px:
+        return
+    labels = results.get("labels", {})
+    add("## The proxy's own cost: sio-proxy against HAProxy (issue 14)")
+    add("")
+    cpus = px.get("servers_cpus")
+    add("One sio-node (no Redis) served three ways: directly, through sio-proxy and through HAProxy "
+        "2.6, the proxies in front of the same node process. "
+        + (f"Node and proxies run on CPU {cpus}, the load generator on CPU {px.get('generator_cpus')} "
+           "(taskset). " if cpus else "Not pinned (one CPU only). ")
+        + "*Proxy µs per frame* is the proxy process's CPU per delivered frame; *added* is the "
+        "latency over the node served directly at the same rate. Rates are deliveries/s: 10k, 50k "
+        "and 200k are 10, 50 and 200 messages/s per room, so every connection receives 10, 50 and "
+        "200 frames/s in both shapes.")
+    add("")
+    for e in px.get("ws", []):
+        rows = {k: rows_by_rate(rs, e["rates"]) for k, rs in e["runs"].items()}
+        shape = f"{e['clients'] // e['room_size']} room(s) of {e['room_size']:,}"
+        add(f"### WebSocket, {shape} ({e['clients']:,} clients, {e['reps']} repetition(s))")
+        add("")
+        add("| path | deliveries/s asked | delivered/s | p50 / p99 ms | added p50 / p99 ms | proxy µs per frame | node µs per frame | result |")
+        add("|---|---|---|---|---|---|---|---|")
+        direct = {r["target"]: r for r in rows.get("proxy-direct", [])}
+        for key in PROXY_ORDER:
+            for r in rows.get(key, []):
+                d = direct.get(r["target"])
+                added = (f"{r['p50'] - d['p50']:+.2f} / {r['p99'] - d['p99']:+.2f}"
+                         if d and key != "proxy-direct" else "")
+                ok = "pass" if r["passed"] * 2 > r["runs"] else "fail: " + "; ".join(r["reasons"])[:60]
+                add(f"| {labels.get(key, key)} | {fmt(r['target'])} | {fmt(r['delivered'])} | "
+                    f"{fmt(r['p50'], '', 2)} / {fmt(r['p99'], '', 2)} | {added} | "
+                    f"{fmt(r['proxy_us'], '', 2) if key != 'proxy-direct' else ''} | {fmt(r['node_us'], '', 2)} | {ok} |")
+        add("")
+    if "proxy" in charts:
+        add(f"![proxy cost]({charts['proxy']})")
+        add("")
+    p = px.get("polling")
+    if p:
+        add("### Polling fan-out, 1 room of 1,000 polling clients")
+        add("")
+        add("| path | max deliveries/s | vs direct | vs HAProxy | p50 / p99 ms at that rate | proxy µs per delivery | first failure |")
+        add("|---|---|---|---|---|---|---|")
+        d, h = proxy_polling_max(results, "proxy-direct"), proxy_polling_max(results, "proxy-haproxy")
+        for key in PROXY_ORDER:
+            rs = p["runs"].get(key) or []
+            if not rs:
+                add(f"| {labels.get(key, key)} | no run | | | | | |")
+                continue
+            rows = rows_by_rate(rs, p["ladder"])
+            best = best_row(rows)
+            fails = [r for r in rows if r["passed"] * 2 <= r["runs"]]
+            why = f"{fmt(fails[0]['target'])}/s: {'; '.join(fails[0]['reasons'])[:80]}" if fails else "none"
+            m = max_rate(rs)
+            add(f"| {labels.get(key, key)} | {fmt(m) if m else '< ' + fmt(p['ladder'][0])} | {ratio(m, d)} | "
+                f"{ratio(m, h)} | " + (f"{fmt(best['p50'], '', 2)} / {fmt(best['p99'], '', 2)} | "
+                                      f"{fmt(best['proxy_us'], '', 2) if key != 'proxy-direct' else ''} |"
+                                      if best else "n/a | n/a |") + f" {why} |")
+        add("")
+    idle = px.get("idle_polling")
+    if idle:
+        add("### Idle polling sessions: memory in the proxy")
+        add("")
+        add("| proxy | sessions | proxy RSS (MiB) | KB per session gained | KB per session (marginal) |")
+        add("|---|---|---|---|---|")
+        for e in idle:
+            last = e["points"][-1]
+            add(f"| {labels.get(e['path'], e['path'])} | {last['connected']:,} | {last['proxy_rss_bytes'] / 1048576:.1f} | "
+                f"{fmt(kb(e['proxy_gained_per_session']))} | {fmt(kb(e['proxy_marginal_per_session']))} |")
+        add("")
+
+
+SCALE_ORDER = ["rooms", "broadcast", "node"]
+PROXY_ORDER = ["proxy-direct", "proxy-sioproxy", "proxy-haproxy"]
+
+
 def write(results, out: Path, date: str) -> Path:
     charts = out / date
     charts.mkdir(parents=True, exist_ok=True)
@@ -239,6 +605,8 @@ def markdown(results, date, charts) -> str:
         f"{fmt(pkb(idle_node))} KB)", pkb(idle_cl), pkb(idle_node) or TARGETS["haproxy_session_kb"],
         better="lower")
     add("")
+
+    issue_targets(results, add)
 
     add("## Ratios at a glance")
     add("")
@@ -407,6 +775,10 @@ def markdown(results, date, charts) -> str:
         if chart:
             add(f"![fan-out {e['transport']} {e['shape']}]({chart})")
             add("")
+
+    redis2_section(results, add, charts)
+    scaleout_section(results, add, charts)
+    proxy_section(results, add, charts)
 
     cn = results.get("crossnode", {}).get("runs", {})
     if cn:
@@ -588,6 +960,65 @@ def make_charts(results, charts: Path) -> dict:
         fig.savefig(charts / "memory-idle.png", dpi=110)
         plt.close(fig)
         made["memory"] = f"{rel}/memory-idle.png"
+
+    figs = scale_table(results)
+    if figs:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        colors = {"rooms": "#2ca02c", "broadcast": "#9467bd", "node": "#d62728"}
+        for kind in SCALE_ORDER:
+            pts = sorted((f["n"], f["node_cpu_per_1k"], f["messages_per_publish"]) for f in figs
+                         if f["kind"] == kind and f["node_cpu_per_1k"] is not None)
+            if not pts:
+                continue
+            name = labels.get(f"scale-{kind}", kind)
+            axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[kind], label=name)
+            mp = [(p[0], p[2]) for p in pts if p[2] is not None]
+            if mp:
+                axes[1].plot(*zip(*mp), "o-", color=colors[kind], label=name)
+        axes[0].set_ylabel("CPU s of all nodes per 1,000 deliveries")
+        axes[0].set_title("CPU per delivery against nodes")
+        axes[1].set_ylabel("Redis messages received by nodes per publish")
+        axes[1].set_title("Messages each publish costs the nodes")
+        for ax in axes:
+            ax.set_xlabel("nodes (N)")
+            ax.set_xticks(sorted({f["n"] for f in figs}))
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.suptitle("Scale-out: rooms of 4 on one node each, fixed message rate")
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.savefig(charts / "scaleout.png", dpi=110)
+        plt.close(fig)
+        made["scaleout"] = f"{rel}/scaleout.png"
+
+    ws = (results.get("proxy") or {}).get("ws") or []
+    if ws:
+        fig, axes = plt.subplots(1, len(ws), figsize=(6 * len(ws), 4.6), squeeze=False)
+        colors = {"proxy-sioproxy": "#17becf", "proxy-haproxy": "#9467bd"}
+        for ax, e in zip(axes[0], ws):
+            rows = {k: rows_by_rate(rs, e["rates"]) for k, rs in e["runs"].items()}
+            width = 0.38
+            for j, key in enumerate(("proxy-sioproxy", "proxy-haproxy")):
+                vals = [next((r["proxy_us"] for r in rows.get(key, []) if r["target"] == t), None) or 0
+                        for t in e["rates"]]
+                xs = [i + (j - 0.5) * width for i in range(len(e["rates"]))]
+                ax.bar(xs, vals, width * 0.95, color=colors[key], label=labels.get(key, key))
+                for x, v in zip(xs, vals):
+                    ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(e["rates"])))
+            ax.set_xticklabels([f"{t // 1000}k/s" for t in e["rates"]])
+            ax.set_xlabel("deliveries per second")
+            ax.set_ylabel("proxy CPU µs per delivered frame")
+            ax.set_title(f"WebSocket, {e['clients'] // e['room_size']} room(s) of {e['room_size']}")
+            ax.grid(True, axis="y", alpha=0.3)
+        handles, names = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
+        fig.suptitle("The proxy's CPU per delivered frame (same sio-node behind each)")
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.savefig(charts / "proxy-cpu.png", dpi=110)
+        plt.close(fig)
+        made["proxy"] = f"{rel}/proxy-cpu.png"
 
     settings = results.get("memory_settings", [])
     if settings:

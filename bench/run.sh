@@ -62,6 +62,14 @@ if [ -z "${SIO_BIN_DIR:-}" ]; then
   echo "bench: building release binaries (make release)"
   make --no-print-directory -C "$root" release
 fi
+# The bare socketioxide + socketioxide-redis baseline (issue 12): its own Cargo project (not a
+# workspace member), its own target directory, the committed Cargo.lock.
+if [ -z "${SIO_SXR_BIN:-}" ]; then
+  echo "bench: building the socketioxide-redis baseline (bench/baselines/socketioxide-redis)"
+  cargo build --release --locked --quiet \
+    --manifest-path "$root/bench/baselines/socketioxide-redis/Cargo.toml" \
+    --target-dir "$root/target/bench/build/socketioxide-redis"
+fi
 bin="${SIO_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}"
 export SIO_BIN_DIR="$bin"
 for b in sio-node sio-proxy sio-load; do
