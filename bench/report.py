@@ -221,7 +221,7 @@ def scale_figures(run):
     useful = stat_sum(st.get("stats"), ("sio_adapter_",), "useful")
     wasted = stat_sum(st.get("stats"), ("sio_adapter_",), "wasted")
     subs = [v for m in (st.get("stats_after") or {}).values() for k, v in m.items()
-            if "subscri" in k and "_total" not in k]
+            if "subscriptions" in k and "_total" not in k]
     conns = []
     for m in (st.get("stats_after") or {}).values():
         c = sum(v for k, v in m.items() if k.startswith("sio_connections") or k.startswith("bench_connections"))
@@ -403,8 +403,8 @@ def scaleout_section(results, add, charts):
     for f in figs:
         if f["n"] == min(so["nodes"]):
             base[f["kind"]] = f["node_cpu_per_1k"]
-    add("| system | N | node CPU s per 1k deliveries | vs N=%d | Redis messages per publish | wasted | p50 / p99 ms | proxy / Redis CPU s per 1k | rooms per node | connections per node | result |" % min(so["nodes"]))
-    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    add("| system | N | node CPU s per 1k deliveries | vs N=%d | Redis messages per publish | wasted | p50 / p99 ms | proxy / Redis CPU s per 1k | rooms per node | connections per node | channels held (all nodes) | result |" % min(so["nodes"]))
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in sorted(figs, key=lambda f: (SCALE_ORDER.index(f["kind"]) if f["kind"] in SCALE_ORDER else 9, f["n"])):
         key = f"scale-{f['kind']}"
         rp = f["rooms_per_node"]
@@ -415,7 +415,7 @@ def scaleout_section(results, add, charts):
             f"{wasted} | "
             f"{fmt(f['p50'], '', 2)} / {fmt(f['p99'], '', 2)} | {fmt(f['proxy_cpu_per_1k'], '', 4)} / "
             f"{fmt(f['redis_cpu_per_1k'], '', 4)} | {f'{rp[0]}-{rp[-1]}' if rp else 'n/a'} | "
-            f"{f'{cp[0]:.0f}-{cp[1]:.0f}' if cp else 'n/a'} | "
+            f"{f'{cp[0]:.0f}-{cp[1]:.0f}' if cp else 'n/a'} | {fmt(f['subscriptions'], '', 0)} | "
             f"{'pass' if f['pass'] else 'fail: ' + str(f['fail_reason'])[:60]} |")
     add("")
     for kind in SCALE_ORDER:
