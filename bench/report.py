@@ -233,7 +233,8 @@ def scale_figures(run):
         "proxy_cpu_per_1k": per_1k("proxy"), "redis_cpu_per_1k": per_1k("other"),
         "messages_per_publish": received / published if received is not None and published else None,
         "received": received, "published": published,
-        "wasted_share": wasted / (useful + wasted) if useful is not None and wasted is not None and useful + wasted else None,
+        "useful_per_publish": useful / published if useful is not None and published else None,
+        "wasted_per_publish": wasted / published if wasted is not None and published else None,
         "subscriptions": sum(subs) if subs else None,
         "connections_per_node": (min(conns), max(conns)) if conns else None,
         "rooms_per_node": sorted((run.get("placement") or {}).get("rooms_per_node", {}).values()),
@@ -396,20 +397,24 @@ def scaleout_section(results, add, charts):
         "rate. *Node CPU* is the CPU seconds of all node processes per 1,000 deliveries; *Redis "
         "messages per publish* is what the nodes received from Redis (their adapter counters: "
         "`sio_adapter_messages_received_total`, or the Node baseline's wrapped Redis client) divided "
-        "by what they published.")
+        "by what they published; *useful / wasted* splits what sio-nodes handled by whether a local "
+        "socket was concerned (`sio_adapter_messages_handled_total`, where a node's own message coming "
+        "back counts as wasted: with every room on its sender's node, the ideal is 0 useful and at most "
+        "1 wasted per publish).")
     add("")
     figs = scale_table(results)
     base = {}
     for f in figs:
         if f["n"] == min(so["nodes"]):
             base[f["kind"]] = f["node_cpu_per_1k"]
-    add("| system | N | node CPU s per 1k deliveries | vs N=%d | Redis messages per publish | wasted | p50 / p99 ms | proxy / Redis CPU s per 1k | rooms per node | connections per node | channels held (all nodes) | result |" % min(so["nodes"]))
+    add("| system | N | node CPU s per 1k deliveries | vs N=%d | Redis messages per publish | useful / wasted per publish | p50 / p99 ms | proxy / Redis CPU s per 1k | rooms per node | connections per node | channels held (all nodes) | result |" % min(so["nodes"]))
     add("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in sorted(figs, key=lambda f: (SCALE_ORDER.index(f["kind"]) if f["kind"] in SCALE_ORDER else 9, f["n"])):
         key = f"scale-{f['kind']}"
         rp = f["rooms_per_node"]
         cp = f["connections_per_node"]
-        wasted = "n/a" if f["wasted_share"] is None else f"{f['wasted_share'] * 100:.0f} %"
+        wasted = ("n/a" if f["wasted_per_publish"] is None else
+                  f"{fmt(f['useful_per_publish'], '', 2)} / {fmt(f['wasted_per_publish'], '', 2)}")
         add(f"| {labels.get(key, key)} | {f['n']} | {fmt(f['node_cpu_per_1k'], '', 4)} | "
             f"{ratio(f['node_cpu_per_1k'], base.get(f['kind']))} | {fmt(f['messages_per_publish'], '', 2)} | "
             f"{wasted} | "

@@ -247,7 +247,10 @@ def start_sio_proxy(procs: Procs, name: str, backends: list[int],
     for b in backends:
         argv += ["--backend", f"127.0.0.1:{b}"]
     p = procs.spawn(name, argv, env={"SIO_LOG": "warn"}, cpus=cpus)
-    wait_until(name, lambda: http_get(port, "/healthz")[0] == 200, 30)
+    # The metrics listener's /healthz (the client port forwards only Engine.IO and API paths).
+    wait_until(name, lambda: http_get(metrics, "/healthz")[0] == 200 or p.poll() is not None, 30)
+    if p.poll() is not None:
+        raise RuntimeError(f"{name} exited; see {RUN}/{name}.log")
 
     def healthy() -> bool:
         _, text = http_get(metrics, "/metrics")
