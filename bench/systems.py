@@ -294,7 +294,10 @@ def start_haproxy(procs: Procs, name: str, backends: list[tuple[int, str | None]
         servers.append(f"    server s{i} 127.0.0.1:{b} check inter 2s")
     cfg = RUN / f"{name}.cfg"
     RUN.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(template.safe_substitute(port=port, use_servers="\n".join(use), servers="\n".join(servers)))
+    # One thread per CPU it may use: two on this machine, one when pinned to one core.
+    nbthread = len(cpus) if cpus else min(os.cpu_count() or 2, 2)
+    cfg.write_text(template.safe_substitute(port=port, use_servers="\n".join(use), servers="\n".join(servers),
+                                            nbthread=nbthread))
     p = procs.spawn(name, ["haproxy", "-f", cfg, "-db"], cpus=cpus)
     wait_until(name, lambda: http_get(port, "/healthz")[0] == 200 or p.poll() is not None, 20)
     if p.poll() is not None:
