@@ -290,7 +290,7 @@ class Bench:
         ns = SCALE_NODES[:2] if self.quick else SCALE_NODES
         rooms = SCALE_CLIENTS // SCALE_ROOM_SIZE
         rate = SCALE_MESSAGES_PER_SEC * SCALE_ROOM_SIZE
-        step = "2s" if self.quick else "4s"
+        step = "2s" if self.quick else "5s"
         out = self.results["scaleout"] = {
             "nodes": ns, "clients": SCALE_CLIENTS, "room_size": SCALE_ROOM_SIZE, "rooms": rooms,
             "messages_per_sec": SCALE_MESSAGES_PER_SEC, "deliveries_per_sec": rate, "step": step,

@@ -15,7 +15,8 @@
 //! ```text
 //! LISTEN=127.0.0.1:3201 REDIS_URL=redis://127.0.0.1:6380 REDIS_PREFIX=b sio-bench-socketioxide-redis
 //! ```
-//! `PING_INTERVAL` / `PING_TIMEOUT` (ms) default to 25000 / 20000, as every benchmarked system.
+//! `PING_INTERVAL` / `PING_TIMEOUT` (ms) default to 25000 / 20000, as every benchmarked system;
+//! `MAX_BUFFER_SIZE` (packets queued per socket) to 1024, sio-node's default.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,13 +62,15 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn millis(name: &str, default: u64) -> Duration {
-    Duration::from_millis(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default),
-    )
+    Duration::from_millis(number(name, default))
 }
 
 fn valid_room(v: &Value) -> Option<&str> {
@@ -201,6 +204,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ping_interval(millis("PING_INTERVAL", 25_000))
         .ping_timeout(millis("PING_TIMEOUT", 20_000))
         .max_payload(1_000_000)
+        // sio-node's default (`--max-buffer-size 1024`); socketioxide's own 128 closes a
+        // session whose queue fills, which a join into a room of 1,000 (1,000 `user-joined` and
+        // `presence` events) does.
+        .max_buffer_size(number("MAX_BUFFER_SIZE", 1024))
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
     io.ns("/", on_connect.with(middleware)).await?;
