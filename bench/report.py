@@ -275,12 +275,22 @@ def proxy_ws_rows(results, room_size):
     return {}, None
 
 
-def target_row(add, name, value, goal, better="higher", shown=None):
+def target_row(add, name, value, goal, better="higher", shown=None, failed=None):
+    """A target, its figure and whether it is met; `failed` names a failed step the figure
+    comes from (then it is shown but not judged)."""
     if value is None:
         add(f"| {name} | n/a | n/a |")
         return
     ok = value >= goal if better == "higher" else value <= goal
-    add(f"| {name} | {shown or fmt(value, '', 2)} | {'yes' if ok else 'no'} |")
+    verdict = f"not judged: {failed}" if failed else ("yes" if ok else "no")
+    add(f"| {name} | {shown or fmt(value, '', 2)} | {verdict} |")
+
+
+def failed_rows(**rows):
+    """Which of these ladder rows (by path) failed in most repetitions, as text; None if none."""
+    bad = [f"{k} {'; '.join(r['reasons'])[:60]}" for k, r in rows.items()
+           if r and r["passed"] * 2 <= r["runs"]]
+    return "; ".join(bad) or None
 
 
 def issue_targets(results, add):
@@ -297,8 +307,10 @@ def issue_targets(results, add):
                shown=f"{ratio(ra, rb)} ({fmt(ra)}/s vs {fmt(rb)}/s)" if ra is not None and rb else None)
     figs = scale_table(results)
     q, lo, hi = scale_ratio(figs, "rooms")
+    bad = "; ".join(f"N={f['n']} {str(f['fail_reason'])[:60]}" for f in figs
+                    if f["kind"] == "rooms" and f["n"] in (lo, hi) and not f["pass"]) or None
     target_row(add, f"issue 12: --adapter-routing rooms, node CPU per 1,000 deliveries at {hi or 12} nodes <= 1.25x that at {lo or 3}",
-               q, 1.25, better="lower")
+               q, 1.25, better="lower", failed=bad)
     rows, _ = proxy_ws_rows(results, 1000)
     for rate in (10_000, 50_000):
         sp = next((x for x in rows.get("proxy-sioproxy", []) if x["target"] == rate), None)
@@ -307,10 +319,12 @@ def issue_targets(results, add):
         q = sp["proxy_us"] / hp["proxy_us"] if sp and hp and sp["proxy_us"] and hp["proxy_us"] else None
         target_row(add, f"issue 14: sio-proxy CPU per delivered frame <= 0.5x HAProxy's, {rate // 1000} messages/s to 1,000 WebSocket clients",
                    q, 0.5, better="lower",
-                   shown=f"{q:.2f}x ({sp['proxy_us']:.2f} vs {hp['proxy_us']:.2f} µs)" if q is not None else None)
+                   shown=f"{q:.2f}x ({sp['proxy_us']:.2f} vs {hp['proxy_us']:.2f} µs)" if q is not None else None,
+                   failed=failed_rows(**{"sio-proxy": sp, "HAProxy": hp}))
         added = sp["p50"] - d["p50"] if sp and d and sp["p50"] is not None and d["p50"] is not None else None
         target_row(add, f"issue 14: sio-proxy adds <= 1 ms to p50 at {rate // 1000} messages/s", added, 1.0,
-                   better="lower", shown=f"{added:+.2f} ms" if added is not None else None)
+                   better="lower", shown=f"{added:+.2f} ms" if added is not None else None,
+                   failed=failed_rows(**{"sio-proxy": sp, "direct": d}))
     e = fanout_entry(results, "websocket", 10)
     if e:
         cl = max_rate(e["runs"].get("sio-cluster", []))

@@ -19,6 +19,9 @@ use crate::plan::{Answer, Command, Plan};
 const MAX_LATENCY_US: u64 = 120_000_000;
 /// First-connection attempts before a client counts as failed.
 const CONNECT_ATTEMPTS: u32 = 3;
+/// Longest wait for one attempt to open a session, connect and join (a server that never
+/// answers must fail the attempt, not hang the run).
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Wall-clock time in nanoseconds since the Unix epoch (shared by every process).
 pub fn unix_nanos() -> u64 {
@@ -196,12 +199,17 @@ async fn client(shared: Arc<Shared>, i: usize, done: mpsc::UnboundedSender<bool>
     loop {
         let opened = {
             let _permit = shared.gate.acquire().await;
-            async {
+            let opening = async {
                 let mut conn = Conn::open(plan.transport, target, source).await?;
                 conn.establish(&user, room.as_deref()).await?;
                 anyhow::Ok(conn)
+            };
+            match tokio::time::timeout(ESTABLISH_TIMEOUT, opening).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!(
+                    "no session, CONNECT or join acknowledgement within {ESTABLISH_TIMEOUT:?}"
+                )),
             }
-            .await
         };
         match opened {
             Ok(conn) => {
