@@ -363,7 +363,8 @@ def redis2_section(results, add, charts):
            "(taskset): the servers share one core. " if cpus else "Not pinned (one CPU only). ")
         + f"{r2.get('reps')} repetition(s), alternating the order. CPU: µs of CPU per delivery.")
     add("")
-    add("| system | max deliveries/s (spread) | p50 / p99 ms at that rate | nodes µs per delivery | Redis µs per delivery | first failure |")
+    first = r2["ladder"][0] if r2.get("ladder") else None
+    add(f"| system | max deliveries/s (spread) | p50 / p99 ms at that rate | nodes / Redis µs per delivery at that rate | nodes / Redis µs per delivery at {fmt(first)}/s | first failure |")
     add("|---|---|---|---|---|---|")
     rows = {}
     for key, rs in r2["runs"].items():
@@ -372,12 +373,17 @@ def redis2_section(results, add, charts):
             continue
         rows[key] = rows_by_rate(rs, r2["ladder"])
         best = best_row(rows[key])
+        low = next((r for r in rows[key] if r["target"] == first), None)
         lo, hi = rate_spread(rs)
         fails = [r for r in rows[key] if r["passed"] * 2 <= r["runs"]]
         why = f"{fmt(fails[0]['target'])}/s: {'; '.join(fails[0]['reasons'])[:90]}" if fails else "none"
-        add(f"| {labels.get(key, key)} | {fmt(max_rate(rs))} ({fmt(lo)}-{fmt(hi)}) | "
-            + (f"{fmt(best['p50'], '', 2)} / {fmt(best['p99'], '', 2)} | {fmt(best['node_us'], '', 2)} | "
-               f"{fmt(best['other_us'], '', 2)} |" if best else "n/a | n/a | n/a |") + f" {why} |")
+        m = max_rate(rs)
+        shown = f"{fmt(m)} ({fmt(lo)}-{fmt(hi)})" if m else f"< {fmt(first)} (none passed)"
+        add(f"| {labels.get(key, key)} | {shown} | "
+            + (f"{fmt(best['p50'], '', 2)} / {fmt(best['p99'], '', 2)} | {fmt(best['node_us'], '', 2)} / "
+               f"{fmt(best['other_us'], '', 2)} |" if best else "n/a | n/a |")
+            + (f" {fmt(low['node_us'], '', 2)} / {fmt(low['other_us'], '', 2)} |" if low else " n/a |")
+            + f" {why} |")
     add("")
     a, b = r2["runs"].get("sio-redis2", []), r2["runs"].get("sxr2", [])
     if a and b:
