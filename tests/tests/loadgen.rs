@@ -1,6 +1,7 @@
 //! A seconds-long smoke test of the `sio-load` generator (the one `make bench` uses): against
 //! one sio-node, at tiny scale, over WebSocket and long-polling, it connects every client from
-//! several worker processes, delivers every message and measures latency, CPU and memory.
+//! several worker processes, delivers every message and measures latency, CPU (per process too),
+//! memory and the node's own counters around each step; a room's members can share an address.
 //! The benchmark itself runs with `make bench`, never here.
 
 use std::process::{Command, Stdio};
@@ -38,11 +39,18 @@ fn generator_delivers_and_measures_over_websocket_and_polling() {
     let node = Node::start(test, "load-node", &["--auth", "none"]);
     let url = format!("{}/socket.io/", node.url());
     let pid = node.proc.pid().to_string();
+    let metrics = format!("{}/metrics", node.url());
     for transport in ["websocket", "polling"] {
         let report = sio_load(
             test,
             transport,
             &[
+                "--stats-url",
+                &metrics,
+                "--stats-prefix",
+                "sio_events_received_total,sio_connections",
+                "--room-sources",
+                "127.1.0.1,127.1.0.2",
                 "--url",
                 &url,
                 "--transport",
@@ -84,6 +92,27 @@ fn generator_delivers_and_measures_over_websocket_and_polling() {
                 step["system_cpu_secs"].as_f64().unwrap_or(0.0) > 0.0,
                 "{transport}: no CPU measured: {step}"
             );
+            let by_pid = step["cpu_secs_by_pid"][&pid].as_f64().unwrap_or(-1.0);
+            let total = step["system_cpu_secs"].as_f64().unwrap_or(0.0);
+            assert!((by_pid - total).abs() < 1e-6, "{transport}: {step}");
+            // The node's counters over the step: every room-message it received, and, at the
+            // end, every client connected.
+            let events: f64 = step["stats"][&metrics]
+                .as_object()
+                .expect("stats of the node")
+                .iter()
+                .filter(|(k, _)| k.starts_with("sio_events_received_total"))
+                .filter_map(|(_, v)| v.as_f64())
+                .sum();
+            assert!(events >= sent as f64, "{transport}: {step}");
+            let connections: f64 = step["stats_after"][&metrics]
+                .as_object()
+                .expect("stats of the node")
+                .iter()
+                .filter(|(k, _)| k.starts_with("sio_connections"))
+                .filter_map(|(_, v)| v.as_f64())
+                .sum();
+            assert_eq!(connections, CLIENTS as f64, "{transport}: {step}");
         }
     }
 
