@@ -1129,7 +1129,8 @@ def cmd_binaries(args: argparse.Namespace) -> int:
                 env["SIO_ADVERTISE_ADDR"] = f"127.0.0.1:{port}"
                 for k, val in list(env.items()):
                     if val == "<secret>":
-                        env[k] = f"check-{k.lower().replace('_', '-')}"
+                        # long enough for every check (HS256 needs 32 bytes)
+                        env[k] = f"check-{k.lower().replace('_', '-')}-0123456789abcdef0123456789abcdef"
                 if redis_url and "SIO_REDIS_URL" in env:
                     env["SIO_REDIS_URL"] = redis_url
                     env["SIO_REDIS_PREFIX"] = f"check{port}"
@@ -1198,7 +1199,8 @@ def cmd_binaries(args: argparse.Namespace) -> int:
                         env.pop("SIO_PROXY_BACKENDS_REDIS")
                 for k, val in list(env.items()):
                     if val == "<secret>":
-                        env[k] = f"check-{k.lower().replace('_', '-')}"
+                        # long enough for every check (HS256 needs 32 bytes)
+                        env[k] = f"check-{k.lower().replace('_', '-')}-0123456789abcdef0123456789abcdef"
                 key = json.dumps({k: v for k, v in env.items() if k not in ("SIO_PROXY_LISTEN", "SIO_PROXY_METRICS_LISTEN")}, sort_keys=True)
                 if key in seen:
                     continue
