@@ -92,9 +92,12 @@ try {
   await page.goto(`${URL}/admin/#/sockets/`);
   const row = page.locator("tr", { hasText: victim.id }).first();
   await row.locator("button").first().click();
-  const reason = await gone;
+  const seen = await gone;
+  const reason = Array.isArray(seen) ? seen[0] : seen;
   if (reason !== "io server disconnect") failures.push(`the disconnected client saw ${reason}`);
   step(`socket ${victim.id} disconnected from the UI (${reason})`);
+  await page.goto(`${URL}/admin/#/sockets/`);
+  await page.locator("tr", { hasText: clients[0].id }).first().waitFor({ timeout: 10000 });
   const stillThere = await page
     .locator("tr", { hasText: victim.id })
     .first()
@@ -126,7 +129,7 @@ try {
   step(`room red (${red.length} sockets on ${new Set(red.map((c) => c.node)).size} nodes) got the event`);
 
   await page.goto(`${URL}/admin/#/`);
-  await page.waitForTimeout(2500); // one more round of server_stats for the charts
+  await page.waitForTimeout(1000); // let the charts draw
   await page.screenshot({ path: path.join(shots, "admin-ui.png") });
   if (external.length) failures.push(`the page reached outside the cluster: ${external.slice(0, 3).join(", ")}`);
 } finally {

@@ -46,7 +46,8 @@ fn the_admin_ui_served_by_the_cluster_shows_and_steers_every_node() {
         std::path::Path::new(&chromium).exists(),
         "{chromium} is missing: apt-get install chromium (make deps installs it)"
     );
-    let ui = sio_tests::workspace().join("deploy/admin-ui/node_modules/@socket.io/admin-ui/ui/dist");
+    let ui =
+        sio_tests::workspace().join("deploy/admin-ui/node_modules/@socket.io/admin-ui/ui/dist");
     assert!(
         ui.join("index.html").exists(),
         "{} is missing: run deploy/local/deps.sh (npm ci --prefix deploy/admin-ui)",
@@ -92,11 +93,7 @@ fn the_admin_ui_served_by_the_cluster_shows_and_steers_every_node() {
     assert!(shots.join("admin-ui.png").exists());
     for node in &c.nodes {
         let log = node.proc.log_text();
-        assert!(
-            !log.contains("panicked"),
-            "{} panicked:\n{log}",
-            node.id
-        );
+        assert!(!log.contains("panicked"), "{} panicked:\n{log}", node.id);
     }
     let applied = c
         .nodes
