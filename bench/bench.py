@@ -383,7 +383,7 @@ class Bench:
         try:
             node = self.procs.spawn("dhat-sio-node", [
                 "valgrind", "--tool=dhat", f"--dhat-out-file={out_file}", BIN / "sio-node",
-                "--listen", f"127.0.0.1:{port}", "--auth", "none", "--node-id", "dhat",
+                "--listen", f"127.0.0.1:{port}", "--auth", "none", "--room-auth", "open", "--node-id", "dhat",
                 "--shutdown-grace", "3s", "--drain-delay", "0s"], env={"SIO_LOG": "warn"})
             systems.wait_until("sio-node under valgrind",
                                lambda: systems.http_get(port, "/readyz")[0] == 200, 120)

@@ -152,6 +152,7 @@ def start_sio_node(procs: Procs, name: str, redis_url: str | None = None, prefix
                    extra: list[str] | None = None, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     argv = [BIN / "sio-node", "--listen", f"127.0.0.1:{port}", "--node-id", name, "--auth", "none",
+            "--room-auth", "open",
             "--api-key", "bench-api-key", "--ping-interval", f"{PING_INTERVAL_MS}ms",
             "--ping-timeout", f"{PING_TIMEOUT_MS}ms"]
     if redis_url:

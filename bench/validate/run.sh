@@ -22,7 +22,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 
 p1=$(free_port)
-"$bin/sio-node" --listen "127.0.0.1:$p1" --auth none --node-id validate >"$work/sio-node.log" 2>&1 &
+"$bin/sio-node" --listen "127.0.0.1:$p1" --auth none --room-auth open --node-id validate >"$work/sio-node.log" 2>&1 &
 pids+=($!)
 p2=$(free_port)
 (cd "$node_dir" && PORT=$p2 exec node server.js) >"$work/node.log" 2>&1 &
@@ -37,7 +37,7 @@ wait_http "http://127.0.0.1:$p2/healthz"
   echo "scenario: $clients clients, rooms of $room_size, the first member of each room emits"
   echo "\`room-message\` {room, text: \"<step>:<unix ns due>\"} at an open-loop $rate deliveries/s for"
   echo "$((duration_ms / 1000)) s; every member (sender included) records each delivery's latency."
-  echo "The servers: one sio-node (\`--auth none\`) and one Node Socket.IO 4.8 process (bench/baselines/node)."
+  echo "The servers: one sio-node (\`--auth none --room-auth open\`) and one Node Socket.IO 4.8 process (bench/baselines/node)."
   echo
   echo "| server | transport | tool | sent | expected | received | lost | p50 ms | p99 ms |"
   echo "|---|---|---|---|---|---|---|---|---|"

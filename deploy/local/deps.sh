@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test sio-cluster:
 # cmake (pingora), redis-server (tests and `make run`), promtool and prometheus (metric
-# checks), chromium (the browser test), the npm packages of the JavaScript scenarios and the admin UI's
-# static files (deploy/admin-ui). Safe to run again: it only installs what is missing.
+# checks), chromium (the browser test), the npm packages of the JavaScript scenarios and the
+# admin UI's static files (deploy/admin-ui). Safe to run again: it only installs what is missing.
+# It never stops or kills anything: services a package starts (Debian's prometheus, redis-server)
+# keep running; the tests and `make run` start their own servers on free ports and do not mind them.
 set -euo pipefail
 
 need=()
@@ -26,11 +28,6 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   # --no-install-recommends keeps the prometheus package from pulling a web UI stack
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # the Debian packages start their own services; tests start their own servers instead
-  for svc in prometheus prometheus-node-exporter; do
-    if command -v systemctl >/dev/null 2>&1; then $sudo systemctl stop "$svc" >/dev/null 2>&1 || true; fi
-    $sudo pkill -x "$svc" >/dev/null 2>&1 || true
-  done
 fi
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -22,13 +22,36 @@ export function transportOptions(mode = MODE) {
 
 const b64url = (buf) => Buffer.from(buf).toString("base64url");
 
-/** An HS256 JWT for `sub`, valid for `ttl` seconds (negative: already expired). */
-export function token(sub, { ttl = 3600, secret = JWT_SECRET } = {}) {
+/**
+ * A JWT for `sub`, valid for `ttl` seconds (negative: already expired). Development tokens
+ * allow every room (`rooms: ["*"]`); pass `rooms: null` for a token without the claim.
+ * `alg` HS256 signs with `secret`; RS256 / ES256 sign with `key` (a private KeyObject or PEM);
+ * `claims` adds or overrides claims; `header` overrides the header.
+ */
+export function token(sub, { ttl = 3600, secret = JWT_SECRET, rooms = ["*"], admin, claims = {}, alg = "HS256", key, header } = {}) {
   const now = Math.floor(Date.now() / 1000);
-  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64url(JSON.stringify({ sub, iat: now, exp: now + ttl }));
-  const sig = b64url(crypto.createHmac("sha256", secret).update(`${head}.${body}`).digest());
-  return `${head}.${body}.${sig}`;
+  const body = { sub, iat: now, exp: now + ttl, ...claims };
+  if (rooms !== null) body.rooms = rooms;
+  if (admin !== undefined) body.admin = admin;
+  const head = b64url(JSON.stringify(header ?? { alg, typ: "JWT" }));
+  const payload = b64url(JSON.stringify(body));
+  return `${head}.${payload}.${sign(alg, `${head}.${payload}`, { secret, key })}`;
+}
+
+/** The JWS signature of `input` with `alg`. */
+export function sign(alg, input, { secret = JWT_SECRET, key } = {}) {
+  switch (alg) {
+    case "HS256":
+      return b64url(crypto.createHmac("sha256", secret).update(input).digest());
+    case "RS256":
+      return b64url(crypto.sign("sha256", Buffer.from(input), key));
+    case "ES256":
+      return b64url(crypto.sign("sha256", Buffer.from(input), { key, dsaEncoding: "ieee-p1363" }));
+    case "none":
+      return "";
+    default:
+      throw new Error(`cannot sign with ${alg}`);
+  }
 }
 
 /** A socket of `user` on namespace `ns` (not waited for). */

@@ -217,7 +217,8 @@ main({
   },
 
   async dashboard() {
-    const d = socketFor(uniq("ops"), { ns: "/dashboard" });
+    const user = uniq("ops");
+    const d = socketFor(user, { ns: "/dashboard", auth: { token: token(user, { admin: true }) } });
     const first = once(d, "cluster-stats", 10000);
     await (await import("./lib.mjs")).connected(d);
     const stats = await first;

@@ -1136,7 +1136,9 @@ def cmd_binaries(args: argparse.Namespace) -> int:
                 env["SIO_ADVERTISE_ADDR"] = f"127.0.0.1:{port}"
                 for k, val in list(env.items()):
                     if val == "<secret>":
-                        env[k] = SECRET_STANDINS.get(k, f"check-{k.lower().replace('_', '-')}")
+                        # long enough for every check (HS256 needs 32 bytes)
+                        env[k] = SECRET_STANDINS.get(
+                            k, f"check-{k.lower().replace('_', '-')}-0123456789abcdef0123456789abcdef")
                 if "SIO_ADMIN_UI_DIR" in env:
                     # the image's path: stand in a directory holding the UI's index.html
                     ui = work / "admin-ui"
@@ -1211,7 +1213,8 @@ def cmd_binaries(args: argparse.Namespace) -> int:
                         env.pop("SIO_PROXY_BACKENDS_REDIS")
                 for k, val in list(env.items()):
                     if val == "<secret>":
-                        env[k] = f"check-{k.lower().replace('_', '-')}"
+                        # long enough for every check (HS256 needs 32 bytes)
+                        env[k] = f"check-{k.lower().replace('_', '-')}-0123456789abcdef0123456789abcdef"
                 key = json.dumps({k: v for k, v in env.items() if k not in ("SIO_PROXY_LISTEN", "SIO_PROXY_METRICS_LISTEN")}, sort_keys=True)
                 if key in seen:
                     continue

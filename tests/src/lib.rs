@@ -288,8 +288,24 @@ impl Node {
         node
     }
 
+    /// Starts a node with only `extra` flags (see [`Node::spawn_bare`]) and waits for
+    /// `/readyz`.
+    pub fn start_bare(test: &str, id: &str, extra: &[&str]) -> Self {
+        let node = Self::spawn_bare(test, id, extra);
+        node.wait_ready(Duration::from_secs(20));
+        node
+    }
+
     /// Starts a node without waiting for it.
     pub fn spawn(test: &str, id: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--jwt-secret", JWT_SECRET, "--api-key", API_KEY];
+        args.extend_from_slice(extra);
+        Self::spawn_bare(test, id, &args)
+    }
+
+    /// Starts a node with nothing but its address, its id and `extra` (no JWT secret, no API
+    /// key), without waiting for it.
+    pub fn spawn_bare(test: &str, id: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cmd = Command::new(bin("sio-node"));
@@ -297,7 +313,6 @@ impl Node {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("SIO_LOG", "info,sio_node=debug")
             .args(["--listen", &addr.to_string(), "--node-id", id])
-            .args(["--jwt-secret", JWT_SECRET, "--api-key", API_KEY])
             .args(extra);
         let proc = Proc::spawn(id, cmd, log_dir(test).join(format!("{id}.log")));
         Self {

@@ -35,7 +35,11 @@ fn sio_load(test: &str, name: &str, args: &[&str]) -> Value {
 #[test]
 fn generator_delivers_and_measures_over_websocket_and_polling() {
     let test = "loadgen";
-    let node = Node::start(test, "load-node", &["--auth", "none"]);
+    let node = Node::start(
+        test,
+        "load-node",
+        &["--auth", "none", "--room-auth", "open"],
+    );
     let url = format!("{}/socket.io/", node.url());
     let pid = node.proc.pid().to_string();
     for transport in ["websocket", "polling"] {

@@ -168,7 +168,13 @@ async fn require_api_key(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(key) = node.config.api_key.as_deref().filter(|k| !k.is_empty()) else {
+    let Some(key) = node
+        .config
+        .api_key
+        .as_ref()
+        .map(|k| k.expose())
+        .filter(|k| !k.is_empty())
+    else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "api_disabled",

@@ -1,13 +1,19 @@
-//! Authentication on connect: who a socket belongs to.
+//! Authentication on connect: who a socket belongs to and what its token allows.
 //!
-//! With `--auth jwt` the handshake's `auth.token` must be an HS256 JWT signed with the
-//! node's secret, not expired, whose `sub` is the user id. With `--auth none` (development)
-//! `auth.userId` is trusted as given.
+//! With `--auth jwt` the handshake's `auth.token` must be a JWT signed with the configured
+//! key and algorithm (HS256, RS256 or ES256; pinned by the configuration, see
+//! [`crate::jwt_key`]), not expired, already valid (`nbf`), from `--jwt-issuer` and for
+//! `--jwt-audience` when those are set, whose `sub` is the user id. Its `rooms` and `admin`
+//! claims say what the socket may do ([`crate::grants`]). With `--auth none` (development)
+//! `auth.userId`, `auth.rooms` and `auth.admin` are trusted as given.
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
-use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::AuthMode;
+use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
+
+use crate::config::{AuthMode, Config, ConfigError, JwtAlgorithm};
+use crate::grants::RoomGrants;
 
 /// Longest user id accepted.
 pub const MAX_USER_ID_LEN: usize = 128;
@@ -23,6 +29,21 @@ impl UserId {
     }
 }
 
+/// Who a socket is and what its token allows.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user (`sub`).
+    pub user: UserId,
+    /// Rooms the `rooms` claim allows.
+    pub rooms: RoomGrants,
+    /// The `admin` claim is `true`.
+    pub admin: bool,
+    /// When the token stops being accepted (`exp` plus the leeway); `None` without a token.
+    pub expires_at: Option<SystemTime>,
+    /// Every claim of the token, kept only when a join hook needs them.
+    pub claims: Option<Arc<serde_json::Value>>,
+}
+
 /// Why a connect was refused; the `Display` text is what the client reads in
 /// `connect_error`'s `err.message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +54,7 @@ pub enum AuthError {
     /// The token is expired.
     #[error("unauthorized: token expired")]
     Expired,
-    /// The token's signature, algorithm or shape is wrong.
+    /// The token's signature, algorithm, claims or shape is wrong.
     #[error("unauthorized: invalid token ({0})")]
     Invalid(String),
     /// The token has no usable `sub`.
@@ -42,16 +63,20 @@ pub enum AuthError {
     /// `--auth none` without `auth.userId`.
     #[error("unauthorized: missing userId (send auth: {{ userId }} in the client options)")]
     MissingUserId,
+    /// `/dashboard` without the `admin` claim.
+    #[error("forbidden: admin only")]
+    NotAdmin,
 }
 
 impl AuthError {
     /// Every label [`AuthError::reason`] gives, for metrics that exist before the first failure.
-    pub const REASONS: [&'static str; 5] = [
+    pub const REASONS: [&'static str; 6] = [
         "missing_token",
         "expired_token",
         "invalid_token",
         "bad_subject",
         "missing_user_id",
+        "not_admin",
     ];
 
     /// A short stable label for metrics.
@@ -62,93 +87,165 @@ impl AuthError {
             AuthError::Invalid(_) => "invalid_token",
             AuthError::BadSubject => "bad_subject",
             AuthError::MissingUserId => "missing_user_id",
+            AuthError::NotAdmin => "not_admin",
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: Option<String>,
 }
 
 /// Checks handshake auth payloads.
 #[derive(Clone)]
 pub struct Authenticator {
     mode: AuthMode,
+    algorithm: JwtAlgorithm,
     key: Option<DecodingKey>,
     validation: Validation,
+    leeway: Duration,
+    keep_claims: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("mode", &self.mode)
+            .field("algorithm", &self.algorithm)
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// An authenticator for `mode`; `secret` is required for [`AuthMode::Jwt`] (checked by
-    /// [`crate::config::Config::validate`]).
-    pub fn new(mode: AuthMode, secret: Option<&str>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+    /// The authenticator the configuration describes; fails as [`Config::validate`] does.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let (algorithm, key) = if config.auth == AuthMode::Jwt && !config.conformance {
+            let k = crate::jwt_key::load(config)?;
+            (k.algorithm, Some(k.key))
+        } else {
+            (JwtAlgorithm::Hs256, None)
+        };
+        let mut validation = Validation::new(algorithm.jsonwebtoken());
+        validation.leeway = config.jwt_leeway.as_secs();
         validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            mode,
-            key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &config.jwt_audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // jsonwebtoken refuses any token with `aud` unless told which to expect; without
+            // a configured audience, `aud` is simply not checked.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self {
+            mode: config.auth,
+            algorithm,
+            key,
             validation,
+            leeway: Duration::from_secs(config.jwt_leeway.as_secs()),
+            keep_claims: config.join_hook_url.is_some(),
+        })
+    }
+
+    /// The user a handshake `auth` payload proves and what it may do, or why it proves nothing.
+    pub fn authenticate(&self, auth: Option<&serde_json::Value>) -> Result<Identity, AuthError> {
+        match self.mode {
+            AuthMode::None => self.trusted(auth),
+            AuthMode::Jwt => self.verify(auth),
         }
     }
 
-    /// The user a handshake `auth` payload proves, or why it proves nothing.
-    pub fn authenticate(&self, auth: Option<&serde_json::Value>) -> Result<UserId, AuthError> {
-        match self.mode {
-            AuthMode::None => {
-                let id = auth
-                    .and_then(|a| a.get("userId"))
-                    .and_then(|v| match v {
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        serde_json::Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    })
-                    .ok_or(AuthError::MissingUserId)?;
-                valid_user_id(&id).ok_or(AuthError::MissingUserId)
+    fn trusted(&self, auth: Option<&serde_json::Value>) -> Result<Identity, AuthError> {
+        let id = auth
+            .and_then(|a| a.get("userId"))
+            .and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .ok_or(AuthError::MissingUserId)?;
+        let user = valid_user_id(&id).ok_or(AuthError::MissingUserId)?;
+        let rooms_claim = auth.and_then(|a| a.get("rooms"));
+        let rooms = RoomGrants::from_claim(rooms_claim)
+            .map_err(|e| AuthError::Invalid(format!("auth.rooms: {e}")))?;
+        let admin = auth.and_then(|a| a.get("admin")) == Some(&serde_json::Value::Bool(true));
+        let claims = self.keep_claims.then(|| {
+            Arc::new(serde_json::json!({
+                "sub": id,
+                "rooms": rooms_claim.cloned().unwrap_or(serde_json::Value::Null),
+                "admin": admin,
+            }))
+        });
+        Ok(Identity {
+            user,
+            rooms,
+            admin,
+            expires_at: None,
+            claims,
+        })
+    }
+
+    fn verify(&self, auth: Option<&serde_json::Value>) -> Result<Identity, AuthError> {
+        let token = auth
+            .and_then(|a| a.get("token"))
+            .and_then(|v| v.as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::MissingToken)?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| AuthError::Invalid("no key configured".into()))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &self.validation,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::MissingRequiredClaim(c) if c == "sub" => AuthError::BadSubject,
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+            ErrorKind::InvalidAlgorithm => {
+                AuthError::Invalid(format!("algorithm must be {}", self.algorithm.name()))
             }
-            AuthMode::Jwt => {
-                let token = auth
-                    .and_then(|a| a.get("token"))
-                    .and_then(|v| v.as_str())
-                    .filter(|t| !t.is_empty())
-                    .ok_or(AuthError::MissingToken)?;
-                let key = self
-                    .key
-                    .as_ref()
-                    .ok_or_else(|| AuthError::Invalid("no secret configured".into()))?;
-                let data =
-                    jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-                        match e.kind() {
-                            ErrorKind::ExpiredSignature => AuthError::Expired,
-                            ErrorKind::MissingRequiredClaim(c) if c == "sub" => {
-                                AuthError::BadSubject
-                            }
-                            ErrorKind::InvalidSignature => {
-                                AuthError::Invalid("bad signature".into())
-                            }
-                            ErrorKind::InvalidAlgorithm => {
-                                AuthError::Invalid("algorithm must be HS256".into())
-                            }
-                            ErrorKind::MissingRequiredClaim(c) => {
-                                AuthError::Invalid(format!("missing `{c}` claim"))
-                            }
-                            _ => AuthError::Invalid("malformed token".into()),
-                        }
-                    })?;
-                let sub = data.claims.sub.ok_or(AuthError::BadSubject)?;
-                valid_user_id(&sub).ok_or(AuthError::BadSubject)
+            ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer (iss)".into()),
+            ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience (aud)".into()),
+            ErrorKind::MissingRequiredClaim(c) => {
+                AuthError::Invalid(format!("missing `{c}` claim"))
             }
-        }
+            _ => AuthError::Invalid("malformed token".into()),
+        })?;
+        let claims = data.claims;
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .ok_or(AuthError::BadSubject)?;
+        let user = valid_user_id(sub).ok_or(AuthError::BadSubject)?;
+        let rooms = RoomGrants::from_claim(claims.get("rooms"))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let admin = claims.get("admin") == Some(&serde_json::Value::Bool(true));
+        // `exp` passed validation, so it is a number; beyond it plus the leeway the token
+        // would be refused at connect, so that is when the socket must go.
+        let exp = claims
+            .get("exp")
+            .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)))
+            .ok_or_else(|| AuthError::Invalid("missing `exp` claim".into()))?;
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .and_then(|t| t.checked_add(self.leeway + Duration::from_secs(1)));
+        let claims = self
+            .keep_claims
+            .then(|| Arc::new(serde_json::Value::Object(claims)));
+        Ok(Identity {
+            user,
+            rooms,
+            admin,
+            expires_at,
+            claims,
+        })
     }
 }
 
@@ -157,43 +254,46 @@ fn valid_user_id(id: &str) -> Option<UserId> {
     ok.then(|| UserId(id.into()))
 }
 
-/// Mints an HS256 token for `user` valid for `ttl` (development and tests).
-pub fn mint_token(
-    secret: &str,
-    user: &str,
-    ttl: std::time::Duration,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    #[derive(serde::Serialize)]
-    struct Out<'a> {
-        sub: &'a str,
-        exp: u64,
-        iat: u64,
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(Algorithm::HS256),
-        &Out {
-            sub: user,
-            exp: now + ttl.as_secs(),
-            iat: now,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use jsonwebtoken::Algorithm;
     use serde_json::json;
-    use std::time::Duration;
 
     const SECRET: &str = "test-secret-test-secret-test-secret";
 
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn sign(alg: Algorithm, key: &jsonwebtoken::EncodingKey, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
+    }
+
+    fn hs(claims: serde_json::Value) -> String {
+        sign(
+            Algorithm::HS256,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            claims,
+        )
+    }
+
+    fn authenticator(args: &[&str]) -> Authenticator {
+        let mut all = vec!["sio-node"];
+        all.extend_from_slice(args);
+        Authenticator::from_config(&Config::try_parse_from(all).unwrap()).unwrap()
+    }
+
     fn jwt() -> Authenticator {
-        Authenticator::new(AuthMode::Jwt, Some(SECRET))
+        authenticator(&["--jwt-secret", SECRET])
+    }
+
+    fn check(a: &Authenticator, token: &str) -> Result<Identity, AuthError> {
+        a.authenticate(Some(&json!({ "token": token })))
     }
 
     #[test]
@@ -204,79 +304,174 @@ mod tests {
             AuthError::Invalid(String::new()),
             AuthError::BadSubject,
             AuthError::MissingUserId,
+            AuthError::NotAdmin,
         ] {
             assert!(AuthError::REASONS.contains(&e.reason()), "{e}");
         }
     }
 
     #[test]
-    fn valid_token_gives_the_subject() {
-        let token = mint_token(SECRET, "alice", Duration::from_secs(60)).unwrap();
-        let user = jwt()
-            .authenticate(Some(&json!({ "token": token })))
-            .unwrap();
-        assert_eq!(user.as_str(), "alice");
+    fn valid_token_gives_the_subject_and_its_grants() {
+        let exp = now() + 60;
+        let token = hs(json!({"sub": "alice", "exp": exp, "rooms": ["team-a*"], "admin": true}));
+        let id = check(&jwt(), &token).unwrap();
+        assert_eq!(id.user.as_str(), "alice");
+        assert!(id.rooms.allows("team-a-dev") && !id.rooms.allows("team-b"));
+        assert!(id.admin);
+        // refused from exp + leeway + 1 s on, when the connect check refuses it too
+        assert_eq!(
+            id.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp + 5 + 1))
+        );
+        assert!(id.claims.is_none(), "claims are only kept for a join hook");
+        let plain = check(&jwt(), &hs(json!({"sub": "bob", "exp": exp}))).unwrap();
+        assert!(plain.rooms.is_empty() && !plain.admin);
+        let not_bool = check(
+            &jwt(),
+            &hs(json!({"sub": "c", "exp": exp, "admin": "true"})),
+        )
+        .unwrap();
+        assert!(!not_bool.admin, "only the boolean true makes an admin");
     }
 
     #[test]
     fn refusals_say_why() {
-        assert_eq!(jwt().authenticate(None), Err(AuthError::MissingToken));
         assert_eq!(
-            jwt().authenticate(Some(&json!({}))),
-            Err(AuthError::MissingToken)
+            jwt().authenticate(None).unwrap_err(),
+            AuthError::MissingToken
+        );
+        assert_eq!(
+            jwt().authenticate(Some(&json!({}))).unwrap_err(),
+            AuthError::MissingToken
+        );
+        assert!(matches!(check(&jwt(), "abc"), Err(AuthError::Invalid(_))));
+        let other = sign(
+            Algorithm::HS256,
+            &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+            json!({"sub": "alice", "exp": now() + 60}),
+        );
+        assert_eq!(
+            check(&jwt(), &other).unwrap_err(),
+            AuthError::Invalid("bad signature".into())
+        );
+        let bad_rooms = hs(json!({"sub": "a", "exp": now() + 60, "rooms": "general"}));
+        assert!(
+            matches!(check(&jwt(), &bad_rooms), Err(AuthError::Invalid(m)) if m.contains("rooms"))
+        );
+        let no_sub = hs(json!({"exp": now() + 60}));
+        assert_eq!(check(&jwt(), &no_sub).unwrap_err(), AuthError::BadSubject);
+        let no_exp = hs(json!({"sub": "a"}));
+        assert!(matches!(check(&jwt(), &no_exp), Err(AuthError::Invalid(m)) if m.contains("exp")));
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_tokens_are_refused() {
+        let token = hs(json!({"sub": "bob", "exp": 1_000_000}));
+        assert_eq!(check(&jwt(), &token).unwrap_err(), AuthError::Expired);
+        let early = hs(json!({"sub": "bob", "exp": now() + 600, "nbf": now() + 300}));
+        assert_eq!(
+            check(&jwt(), &early).unwrap_err(),
+            AuthError::Invalid("not valid yet (nbf)".into())
+        );
+        let within_leeway = hs(json!({"sub": "bob", "exp": now() + 600, "nbf": now() + 2}));
+        check(&jwt(), &within_leeway).unwrap();
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let exp = now() + 60;
+        let with_aud = hs(json!({"sub": "a", "exp": exp, "aud": "chat", "iss": "https://idp"}));
+        // no audience configured: a token carrying one is accepted
+        check(&jwt(), &with_aud).unwrap();
+        let strict = authenticator(&[
+            "--jwt-secret",
+            SECRET,
+            "--jwt-issuer",
+            "https://idp",
+            "--jwt-audience",
+            "chat",
+        ]);
+        check(&strict, &with_aud).unwrap();
+        let other_aud = hs(json!({"sub": "a", "exp": exp, "aud": "billing", "iss": "https://idp"}));
+        assert_eq!(
+            check(&strict, &other_aud).unwrap_err(),
+            AuthError::Invalid("wrong audience (aud)".into())
+        );
+        let other_iss = hs(json!({"sub": "a", "exp": exp, "aud": "chat", "iss": "https://evil"}));
+        assert_eq!(
+            check(&strict, &other_iss).unwrap_err(),
+            AuthError::Invalid("wrong issuer (iss)".into())
+        );
+        let none = hs(json!({"sub": "a", "exp": exp}));
+        assert!(
+            matches!(check(&strict, &none), Err(AuthError::Invalid(m)) if m.contains("missing"))
+        );
+    }
+
+    #[test]
+    fn the_algorithm_is_never_taken_from_the_token() {
+        let exp = now() + 60;
+        // alg none: an unsigned token
+        let b64 = |v: serde_json::Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let unsigned = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(json!({"sub": "mallory", "exp": exp}))
         );
         assert!(matches!(
-            jwt().authenticate(Some(&json!({"token": "abc"}))),
+            check(&jwt(), &unsigned),
             Err(AuthError::Invalid(_))
         ));
-        let other = mint_token("another-secret", "alice", Duration::from_secs(60)).unwrap();
+        // HS384 with the right secret is still another algorithm
+        let hs384 = sign(
+            Algorithm::HS384,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            json!({"sub": "a", "exp": exp}),
+        );
         assert_eq!(
-            jwt().authenticate(Some(&json!({ "token": other }))),
-            Err(AuthError::Invalid("bad signature".into()))
+            check(&jwt(), &hs384).unwrap_err(),
+            AuthError::Invalid("algorithm must be HS256".into())
         );
     }
 
     #[test]
-    fn expired_token_is_refused() {
-        #[derive(serde::Serialize)]
-        struct C {
-            sub: &'static str,
-            exp: u64,
-        }
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(Algorithm::HS256),
-            &C {
-                sub: "bob",
-                exp: 1_000_000,
-            },
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    fn claims_are_kept_for_the_join_hook() {
+        let a = authenticator(&[
+            "--jwt-secret",
+            SECRET,
+            "--join-hook-url",
+            "http://127.0.0.1:9/",
+        ]);
+        let id = check(
+            &a,
+            &hs(json!({"sub": "a", "exp": now() + 60, "org": "acme"})),
         )
         .unwrap();
-        assert_eq!(
-            jwt().authenticate(Some(&json!({ "token": token }))),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(id.claims.unwrap()["org"], "acme");
     }
 
     #[test]
-    fn none_mode_takes_user_id() {
-        let a = Authenticator::new(AuthMode::None, None);
+    fn none_mode_trusts_user_id_rooms_and_admin() {
+        let a = authenticator(&["--auth", "none"]);
+        let id = a
+            .authenticate(Some(
+                &json!({"userId": "u1", "rooms": ["general"], "admin": true}),
+            ))
+            .unwrap();
+        assert_eq!(id.user.as_str(), "u1");
+        assert!(id.rooms.allows("general") && !id.rooms.allows("other"));
+        assert!(id.admin);
+        assert_eq!(id.expires_at, None);
+        let plain = a.authenticate(Some(&json!({"userId": 42}))).unwrap();
+        assert_eq!(plain.user.as_str(), "42");
+        assert!(plain.rooms.is_empty() && !plain.admin);
         assert_eq!(
-            a.authenticate(Some(&json!({"userId": "u1"})))
-                .unwrap()
-                .as_str(),
-            "u1"
+            a.authenticate(Some(&json!({"userId": ""}))).unwrap_err(),
+            AuthError::MissingUserId
         );
-        assert_eq!(
-            a.authenticate(Some(&json!({"userId": 42})))
-                .unwrap()
-                .as_str(),
-            "42"
-        );
-        assert_eq!(
-            a.authenticate(Some(&json!({"userId": ""}))),
-            Err(AuthError::MissingUserId)
-        );
-        assert_eq!(a.authenticate(None), Err(AuthError::MissingUserId));
+        assert_eq!(a.authenticate(None).unwrap_err(), AuthError::MissingUserId);
     }
 }

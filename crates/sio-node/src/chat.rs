@@ -1,7 +1,8 @@
 //! Namespace `/`: chat broadcast and rooms.
 //!
-//! Events: `chat-message` (any JSON, broadcast to the whole namespace, sender included),
-//! `join-room` (room name), `leave-room` (room name), `room-message` (`{room, text}`).
+//! Events: `chat-message` (any JSON, broadcast to the whole namespace, sender included, with
+//! `{sender, timestamp}` as a second argument), `join-room` (room name, if the token allows
+//! it: see [`crate::room_auth`]), `leave-room` (room name), `room-message` (`{room, text}`).
 //! The node emits `user-joined` / `user-left` (`{userId, room}`) to the other members,
 //! `room-message` (`{id, room, sender, text, timestamp}`) to the room, `presence`
 //! (`{userId, room, online}`) when a user's first socket joins or last socket leaves a room,
@@ -21,6 +22,7 @@ use sio_redis_adapter::{Membership, SocketEntry};
 
 use crate::connect::{self, ConnectRefused};
 use crate::events::{self, Ev};
+use crate::room_auth::Decision;
 use crate::session::SocketSession;
 use crate::state::NodeState;
 use crate::validate;
@@ -43,6 +45,13 @@ struct PresenceEvent<'a> {
     user_id: &'a str,
     room: &'a str,
     online: bool,
+}
+
+/// Second argument of every `chat-message` a client receives.
+#[derive(Debug, Serialize)]
+struct ChatMeta<'a> {
+    sender: &'a str,
+    timestamp: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,9 +78,10 @@ pub async fn middleware<A: Adapter>(
 ) -> Result<(), ConnectRefused> {
     let session = connect::admit(&node, &socket, auth.ok().as_ref())?;
     let user = session.user.as_str().to_owned();
-    let rooms = connect::with_retries(|| node.store.user_rooms(&user))
+    let stored = connect::with_retries(|| node.store.user_rooms(&user))
         .await
         .map_err(|e| ConnectRefused::Unavailable(e.to_string()))?;
+    let rooms = allowed_rooms(&node, &session, stored).await;
 
     events::on(
         &socket,
@@ -101,14 +111,54 @@ pub async fn middleware<A: Adapter>(
     Ok(())
 }
 
+/// Joins restored on a connect checked at once, at most.
+const RESTORE_CHECKS_IN_FLIGHT: usize = 8;
+
+/// The stored rooms the new token still allows. A room it no longer allows (the claims do
+/// not grant it and the hook, if any, refuses it) is also dropped from the user's set; a room
+/// the hook could not decide is skipped for this connect but kept.
+async fn allowed_rooms(
+    node: &NodeState,
+    session: &SocketSession,
+    stored: Vec<String>,
+) -> Vec<String> {
+    use futures::StreamExt;
+    let user = session.user.as_str();
+    let decisions: Vec<(String, Decision)> = futures::stream::iter(stored)
+        .map(|room| async move {
+            let d = node.rooms.decide(&session.identity, &room).await;
+            (room, d)
+        })
+        .buffered(RESTORE_CHECKS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut rooms = Vec::with_capacity(decisions.len());
+    for (room, decision) in decisions {
+        match decision {
+            Decision::Allowed => rooms.push(room),
+            Decision::Denied(why) => {
+                tracing::debug!(user, room, "room not restored and forgotten: {why}");
+                node.metrics.restored_rooms_dropped.inc();
+                if let Err(e) = node.store.remove_user_room(user, &room).await {
+                    tracing::warn!(user, room, "could not forget a room no longer allowed: {e}");
+                }
+            }
+            Decision::Unknown(why) => {
+                tracing::debug!(user, room, "room not restored this time: {why}");
+            }
+        }
+    }
+    rooms
+}
+
 /// Connect handler: announces the restored rooms and presence, then lets the queued events run.
 pub async fn on_connect<A: Adapter>(
     socket: SocketRef<A>,
     io: SocketIo<A>,
     State(node): State<Arc<NodeState>>,
 ) {
-    let (s, n) = (socket.clone(), node.clone());
-    connect::connected(&node, &socket, move |session| {
+    let (s, n, i) = (socket.clone(), node.clone(), io.clone());
+    connect::connected(&node, &i, &socket, move |session| {
         let rooms = session.rooms();
         after_connect(s, io, n, session, rooms)
     });
@@ -235,7 +285,14 @@ async fn chat_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Par
     let Some(ns) = ev.io.of(NAMESPACE) else {
         return ev.fail("unavailable", SHUTTING_DOWN);
     };
-    let res = ns.emit("chat-message", &data).await;
+    // The client's data goes out unchanged as the first argument, so existing handlers keep
+    // working; the second names the sender as the server knows it, so nobody can pose as
+    // another user.
+    let meta = ChatMeta {
+        sender: ev.session.user.as_str(),
+        timestamp: timestamp(),
+    };
+    let res = ns.emit("chat-message", &(data, meta)).await;
     match events::delivered(&ev.node, NAMESPACE, res) {
         Ok(()) => ev.reply(&serde_json::json!({ "ok": true })),
         Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
@@ -253,6 +310,10 @@ async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parser
     let user = ev.session.user.as_str().to_owned();
     if ev.session.in_room(&room) {
         return ev.reply(&serde_json::json!({ "ok": true, "room": room }));
+    }
+    match ev.node.rooms.decide(&ev.session.identity, &room).await {
+        Decision::Allowed => {}
+        Decision::Denied(why) | Decision::Unknown(why) => return ev.fail("forbidden", why),
     }
     if let Err(e) = ev.node.store.add_user_room(&user, &room).await {
         return ev.fail("unavailable", format!("could not join {room:?}: {e}"));

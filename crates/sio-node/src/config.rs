@@ -1,9 +1,12 @@
 //! Command-line and environment configuration of a node: one typed struct.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+use crate::secret::{Secret, SecretUrl};
 
 /// Default address to listen on.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3000";
@@ -35,14 +38,45 @@ pub const DEFAULT_DASHBOARD_INTERVAL: &str = "2s";
 pub const DEFAULT_MAX_BUFFER_SIZE: usize = 1024;
 /// Default WebSocket read buffer per connection, bytes.
 pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
+/// Default clock skew allowed when checking a token's `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: &str = "5s";
+/// Default time the join hook has to answer.
+pub const DEFAULT_JOIN_HOOK_TIMEOUT: &str = "2s";
+/// Default time a join hook answer is reused for the same user and room.
+pub const DEFAULT_JOIN_HOOK_CACHE_TTL: &str = "10s";
+/// Default number of join hook answers kept.
+pub const DEFAULT_JOIN_HOOK_CACHE_SIZE: usize = 10_000;
 
 /// How clients authenticate on connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
-    /// `handshake.auth.token` must be an HS256 JWT signed with `--jwt-secret`; `sub` is the user id.
+    /// `handshake.auth.token` must be a JWT signed with the configured key; `sub` is the user id.
     Jwt,
-    /// Development only: `handshake.auth.userId` is trusted as is.
+    /// Development only: `handshake.auth.userId` (and `rooms`, `admin`) are trusted as given.
     None,
+}
+
+/// The algorithm JWTs must be signed with (never taken from the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `--jwt-secret`.
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256, checked with `--jwt-public-key`.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256, checked with `--jwt-public-key`.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// Which rooms a socket may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoomAuth {
+    /// The token's `rooms` claim (then the join hook, if configured) decides.
+    Claims,
+    /// Development only: every authenticated socket may join every room.
+    Open,
 }
 
 /// A transport clients may use.
@@ -86,8 +120,9 @@ pub struct Config {
 
     /// Redis URL (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`); without it
     /// the node runs standalone with socketioxide's local adapter and in-memory state.
-    #[arg(long, env = "SIO_REDIS_URL")]
-    pub redis_url: Option<url::Url>,
+    /// Passwords in it never appear in logs or errors.
+    #[arg(long, env = "SIO_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretUrl>,
 
     /// Prefix of every Redis key and channel this node uses.
     #[arg(long, env = "SIO_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
@@ -97,13 +132,57 @@ pub struct Config {
     #[arg(long, env = "SIO_AUTH", value_enum, default_value_t = AuthMode::Jwt)]
     pub auth: AuthMode,
 
-    /// HS256 secret JWTs are checked against (required with `--auth jwt`).
+    /// HS256 secret JWTs are checked against, at least 32 bytes (`openssl rand -base64 48`).
     #[arg(long, env = "SIO_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) JWTs are checked against.
+    #[arg(long, env = "SIO_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// The only algorithm accepted [default: HS256 with --jwt-secret, else RS256 or ES256
+    /// from the type of --jwt-public-key].
+    #[arg(long, env = "SIO_JWT_ALGORITHM", value_enum, ignore_case = true)]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+
+    /// Required `iss` of every token (unchecked when unset).
+    #[arg(long, env = "SIO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of every token (unchecked when unset: tokens with any `aud` pass).
+    #[arg(long, env = "SIO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed when checking `exp` and `nbf` (also added to the expiry that
+    /// disconnects a socket).
+    #[arg(long, env = "SIO_JWT_LEEWAY", value_parser = humantime::parse_duration, default_value = DEFAULT_JWT_LEEWAY)]
+    pub jwt_leeway: Duration,
+
+    /// Which rooms a socket may join: `claims` (the token's `rooms` claim, then the join hook)
+    /// or `open` (development: any room).
+    #[arg(long, env = "SIO_ROOM_AUTH", value_enum, default_value_t = RoomAuth::Claims)]
+    pub room_auth: RoomAuth,
+
+    /// URL the node POSTs `{userId, room, claims}` to when the token's claims do not allow a
+    /// room; 200 allows the join, anything else refuses it.
+    #[arg(long, env = "SIO_JOIN_HOOK_URL", hide_env_values = true)]
+    pub join_hook_url: Option<SecretUrl>,
+
+    /// Time the join hook has to answer before the join is refused.
+    #[arg(long, env = "SIO_JOIN_HOOK_TIMEOUT", value_parser = humantime::parse_duration, default_value = DEFAULT_JOIN_HOOK_TIMEOUT)]
+    pub join_hook_timeout: Duration,
+
+    /// Time a join hook answer is reused for the same user and room (0s: never).
+    #[arg(long, env = "SIO_JOIN_HOOK_CACHE_TTL", value_parser = humantime::parse_duration, default_value = DEFAULT_JOIN_HOOK_CACHE_TTL)]
+    pub join_hook_cache_ttl: Duration,
+
+    /// Join hook answers kept at most.
+    #[arg(long, env = "SIO_JOIN_HOOK_CACHE_SIZE", default_value_t = DEFAULT_JOIN_HOOK_CACHE_SIZE)]
+    pub join_hook_cache_size: usize,
 
     /// Bearer key guarding `/api/*`; without it the API answers 503.
     #[arg(long, env = "SIO_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// Origins allowed cross-origin (repeatable or comma-separated); `*` allows any.
     #[arg(long, env = "SIO_CORS_ORIGIN", value_delimiter = ',')]
@@ -184,11 +263,46 @@ pub struct Config {
 /// A configuration that cannot work, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--auth jwt` without a secret.
+    /// `--auth jwt` without a key.
     #[error(
-        "--auth jwt needs a secret: set --jwt-secret or SIO_JWT_SECRET (or use --auth none for development)"
+        "--auth jwt needs a key: set --jwt-secret / SIO_JWT_SECRET (HS256) or --jwt-public-key / SIO_JWT_PUBLIC_KEY (RS256, ES256), or use --auth none for development"
     )]
-    MissingJwtSecret,
+    MissingJwtKey,
+    /// Both a secret and a public key, and no algorithm to choose.
+    #[error(
+        "both --jwt-secret and --jwt-public-key are set: choose with --jwt-algorithm HS256, RS256 or ES256"
+    )]
+    AmbiguousJwtKey,
+    /// A key given for another algorithm than the chosen one.
+    #[error("{0}")]
+    KeyForOtherAlgorithm(&'static str),
+    /// An HS256 secret shorter than 32 bytes.
+    #[error(
+        "--jwt-secret is {0} bytes long; HS256 needs at least 32 (generate one with `openssl rand -base64 48`)"
+    )]
+    ShortSecret(usize),
+    /// RS256 or ES256 without a public key.
+    #[error(
+        "--jwt-algorithm {0} needs --jwt-public-key FILE (SIO_JWT_PUBLIC_KEY), a PEM public key"
+    )]
+    MissingPublicKey(&'static str),
+    /// The public key file is unusable.
+    #[error("--jwt-public-key {path}: {why}")]
+    BadPublicKey {
+        /// The file.
+        path: String,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// The Redis URL does not parse.
+    #[error("--redis-url is not a URL ({0}); use redis://[:PASSWORD@]HOST:PORT")]
+    BadRedisUrl(String),
+    /// The join hook URL is not an http(s) URL.
+    #[error("--join-hook-url must be an http:// or https:// URL (got {0})")]
+    BadHookUrl(String),
+    /// A join hook with open rooms would never be asked.
+    #[error("--join-hook-url needs --room-auth claims (with open rooms it would never be asked)")]
+    HookWithOpenRooms,
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
@@ -228,8 +342,9 @@ pub enum ConfigError {
 impl Config {
     /// Checks combinations clap cannot check; the message says what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth == AuthMode::Jwt && self.jwt_secret.as_deref().is_none_or(str::is_empty) {
-            return Err(ConfigError::MissingJwtSecret);
+        // The conformance server authenticates nobody: it needs no key.
+        if self.auth == AuthMode::Jwt && !self.conformance {
+            crate::jwt_key::load(self)?;
         }
         for (name, d) in [
             ("--ping-interval", self.ping_interval),
@@ -237,6 +352,7 @@ impl Config {
             ("--connect-timeout", self.connect_timeout),
             ("--shutdown-grace", self.shutdown_grace),
             ("--dashboard-interval", self.dashboard_interval),
+            ("--join-hook-timeout", self.join_hook_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -253,6 +369,7 @@ impl Config {
             ("--notification-maxlen", self.notification_maxlen),
             ("--max-buffer-size", self.max_buffer_size),
             ("--ws-read-buffer", self.ws_read_buffer),
+            ("--join-hook-cache-size", self.join_hook_cache_size),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroCount(name));
@@ -264,6 +381,8 @@ impl Config {
             return Err(ConfigError::BadNodeId(id.clone()));
         }
         if let Some(url) = &self.redis_url {
+            let url = url::Url::parse(url.expose())
+                .map_err(|e| ConfigError::BadRedisUrl(e.to_string()))?;
             let ok = [
                 "redis",
                 "rediss",
@@ -286,6 +405,17 @@ impl Config {
         }
         if self.lease_ttl < Duration::from_secs(3) {
             return Err(ConfigError::LeaseTooShort(self.lease_ttl));
+        }
+        if let Some(hook) = &self.join_hook_url {
+            if !hook
+                .parsed()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            {
+                return Err(ConfigError::BadHookUrl(hook.to_string()));
+            }
+            if self.room_auth == RoomAuth::Open {
+                return Err(ConfigError::HookWithOpenRooms);
+            }
         }
         for origin in &self.cors_origin {
             if origin != "*" && origin.parse::<axum::http::HeaderValue>().is_err()
@@ -337,6 +467,8 @@ fn valid_node_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "a-test-secret-of-more-than-32-bytes!";
+
     fn parse(args: &[&str]) -> Config {
         let mut all = vec!["sio-node"];
         all.extend_from_slice(args);
@@ -345,7 +477,9 @@ mod tests {
 
     #[test]
     fn defaults_are_socket_io_defaults() {
-        let c = parse(&["--jwt-secret", "s"]);
+        let c = parse(&["--jwt-secret", SECRET]);
+        assert_eq!(c.room_auth, RoomAuth::Claims);
+        assert_eq!(c.jwt_leeway, Duration::from_secs(5));
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.ping_interval, Duration::from_secs(25));
         assert_eq!(c.ping_timeout, Duration::from_secs(20));
@@ -356,8 +490,65 @@ mod tests {
     #[test]
     fn jwt_without_secret_is_rejected() {
         let c = parse(&[]);
-        assert!(matches!(c.validate(), Err(ConfigError::MissingJwtSecret)));
+        assert!(matches!(c.validate(), Err(ConfigError::MissingJwtKey)));
         parse(&["--auth", "none"]).validate().unwrap();
+        // the conformance server authenticates nobody
+        parse(&["--conformance"]).validate().unwrap();
+    }
+
+    #[test]
+    fn short_secrets_are_refused_without_showing_them() {
+        let c = parse(&["--jwt-secret", "0123456789abcdef0123456789abcde"]);
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::ShortSecret(31)), "{e}");
+        assert!(!e.to_string().contains("0123456789"), "{e}");
+        assert!(e.to_string().contains("openssl rand"), "{e}");
+    }
+
+    #[test]
+    fn secrets_and_url_passwords_stay_out_of_debug_and_errors() {
+        let c = parse(&[
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            "api-key-value-xyz",
+            "--redis-url",
+            "redis-sentinel://u:redis-pw-1@h:26379?sentinelPassword=redis-pw-2",
+            "--join-hook-url",
+            "https://hook.example/join?token=hook-token-3",
+        ]);
+        let debug = format!("{c:?}");
+        for secret in [
+            SECRET,
+            "api-key-value-xyz",
+            "redis-pw-1",
+            "redis-pw-2",
+            "hook-token-3",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        let c = parse(&["--auth", "none", "--redis-url", "http://u:redis-pw-1@h"]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(!e.contains("redis-pw-1"), "{e}");
+        let c = parse(&["--auth", "none", "--redis-url", "redis://u:redis-pw-1@[h"]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(!e.contains("redis-pw-1"), "{e}");
+        let c = parse(&["--auth", "none", "--join-hook-url", "ftp://u:hook-pw@h/x"]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(!e.contains("hook-pw"), "{e}");
+    }
+
+    #[test]
+    fn a_join_hook_needs_claims() {
+        let c = parse(&[
+            "--auth",
+            "none",
+            "--room-auth",
+            "open",
+            "--join-hook-url",
+            "http://127.0.0.1:9/join",
+        ]);
+        assert!(matches!(c.validate(), Err(ConfigError::HookWithOpenRooms)));
     }
 
     #[test]

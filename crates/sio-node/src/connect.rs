@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::DisconnectReason;
@@ -34,20 +35,23 @@ pub fn admit<A: Adapter>(
     auth: Option<&serde_json::Value>,
 ) -> Result<Arc<SocketSession>, ConnectRefused> {
     match node.auth.authenticate(auth) {
-        Ok(user) => Ok(SocketSession::new(user)),
-        Err(e) => {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[socket.ns(), e.reason()])
-                .inc();
-            tracing::info!(
-                ns = socket.ns(),
-                reason = e.reason(),
-                "connect refused: {e}"
-            );
-            Err(e.into())
-        }
+        Ok(identity) => Ok(SocketSession::new(identity)),
+        Err(e) => Err(refuse(node, socket, e)),
     }
+}
+
+/// Counts and logs a refused connect; the error is what the client reads.
+pub fn refuse<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, e: AuthError) -> ConnectRefused {
+    node.metrics
+        .auth_failures
+        .with_label_values(&[socket.ns(), e.reason()])
+        .inc();
+    tracing::info!(
+        ns = socket.ns(),
+        reason = e.reason(),
+        "connect refused: {e}"
+    );
+    e.into()
 }
 
 /// The session a middleware stored on the socket.
@@ -55,12 +59,16 @@ pub fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<SocketSession>> 
     socket.extensions.get::<Arc<SocketSession>>()
 }
 
-/// Counts the connect, queues `first` before the events the client sent meanwhile, and
-/// starts the socket's event queue (connect handler of every namespace). Work that needs the
-/// connected socket is queued here, not by the middleware: a socket whose connect never
-/// completes then holds no job that references it.
-pub fn connected<A, F, Fut>(node: &NodeState, socket: &SocketRef<A>, first: F)
-where
+/// Counts the connect, starts the token's expiry timer, queues `first` before the events the
+/// client sent meanwhile, and starts the socket's event queue (connect handler of every
+/// namespace). Work that needs the connected socket is queued here, not by the middleware: a
+/// socket whose connect never completes then holds no job or timer that references it.
+pub fn connected<A, F, Fut>(
+    node: &Arc<NodeState>,
+    io: &SocketIo<A>,
+    socket: &SocketRef<A>,
+    first: F,
+) where
     A: Adapter,
     F: FnOnce(Arc<SocketSession>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -70,6 +78,7 @@ where
         .with_label_values(&[socket.ns()])
         .inc();
     if let Some(s) = session(socket) {
+        crate::expiry::watch(node, io, socket, &s);
         s.queue.push_front(first(s.clone()));
         s.queue.start();
     }
@@ -97,6 +106,9 @@ pub fn disconnected<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, reason:
     );
     if session_ended {
         node.drain.forget(&socket.id.to_string());
+    }
+    if let Some(s) = session(socket) {
+        crate::expiry::unwatch(node, &s);
     }
     node.metrics
         .disconnects

@@ -1,5 +1,7 @@
-//! Namespace `/dashboard`: every connected socket receives `cluster-stats` (connections per
-//! namespace and per node, events per second) every `--dashboard-interval`.
+//! Namespace `/dashboard`, for operators: sockets whose token has the claim `"admin": true`
+//! receive `cluster-stats` (connections per namespace and per node, node addresses, events
+//! per second) every `--dashboard-interval`; any other socket is refused with
+//! `forbidden: admin only`.
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
+use crate::auth::AuthError;
 use crate::connect::{self, ConnectRefused};
 use crate::state::NodeState;
 use crate::stats;
@@ -15,13 +18,17 @@ use crate::stats;
 /// Path of the dashboard namespace.
 pub const NAMESPACE: &str = "/dashboard";
 
-/// Connect middleware: authenticates.
+/// Connect middleware: authenticates, and admits only tokens with the claim `"admin": true`
+/// (the stats name every node's address); others get `forbidden: admin only`.
 pub async fn middleware<A: Adapter>(
     socket: SocketRef<A>,
     State(node): State<Arc<NodeState>>,
     TryData(auth): TryData<serde_json::Value>,
 ) -> Result<(), ConnectRefused> {
     let session = connect::admit(&node, &socket, auth.ok().as_ref())?;
+    if !session.identity.admin {
+        return Err(connect::refuse(&node, &socket, AuthError::NotAdmin));
+    }
     socket.on_disconnect(on_disconnect::<A>);
     socket.extensions.insert(session);
     Ok(())
@@ -33,8 +40,8 @@ pub async fn on_connect<A: Adapter>(
     io: SocketIo<A>,
     State(node): State<Arc<NodeState>>,
 ) {
-    let (s, n) = (socket.clone(), node.clone());
-    connect::connected(&node, &socket, move |_| async move {
+    let (s, n, i) = (socket.clone(), node.clone(), io.clone());
+    connect::connected(&node, &i, &socket, move |_| async move {
         let stats = stats::cluster_stats(&n, &io).await;
         let _ = s.emit("cluster-stats", &stats);
     });

@@ -163,6 +163,46 @@ fn connection_of<A: Adapter>(
         .map(|ConnectInfo(info)| info.handle.clone())
 }
 
+/// Time a polling client gets to fetch its close packet before [`close_transport`] ends the
+/// session on the node's side.
+const POLLING_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Closes the Engine.IO session of `socket` at the transport, as the drain does, so the
+/// official client reconnects by itself (used when a token expires): a WebSocket connection
+/// is cut, a polling client gets the Engine.IO close packet on its next long-poll and the
+/// session's sockets are disconnected on this side a moment later.
+pub fn close_transport<A: Adapter>(
+    node: &std::sync::Arc<NodeState>,
+    io: &SocketIo<A>,
+    socket: &SocketRef<A>,
+) {
+    let sid = socket.id.to_string();
+    let handle = (socket.transport_type() == TransportType::Websocket)
+        .then(|| connection_of(node, &sid, socket))
+        .flatten();
+    if let Some(h) = handle {
+        h.kill();
+        return;
+    }
+    lock(&node.drain.closing).insert(sid.clone());
+    node.drain.wake.notify_waiters();
+    let sockets: Vec<SocketRef<A>> = io
+        .nsps()
+        .into_iter()
+        .filter_map(|ns| ns.get_socket(socket.id))
+        .collect();
+    let node = node.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(POLLING_CLOSE_GRACE).await;
+        for s in sockets {
+            let _ = s.disconnect();
+        }
+        // A server-side disconnect does not forget the session (the drain's end does not
+        // need to): forget it here, or `closing` would keep its sid for ever.
+        node.drain.forget(&sid);
+    });
+}
+
 /// Closes every session of the node in batches of `--drain-batch`, `--drain-interval` apart
 /// (plus up to half of it in jitter), and the rest at once one second before `deadline`.
 pub async fn drain<A: Adapter>(node: &NodeState, io: &SocketIo<A>, deadline: Instant) {

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use sio_node::config::{AuthMode, Config, LogFormat};
+use sio_node::config::{AuthMode, Config, LogFormat, RoomAuth};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -21,9 +21,21 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("sio-node: invalid configuration: {e}");
         std::process::exit(2);
     }
-    if config.auth == AuthMode::None {
+    if config.auth == AuthMode::None && !config.conformance {
         tracing::warn!(
-            "--auth none: clients are trusted to say who they are (auth.userId); development only"
+            "--auth none: clients are trusted to say who they are and what they may do \
+             (auth.userId, auth.rooms, auth.admin); development only"
+        );
+    }
+    if config.room_auth == RoomAuth::Open && !config.conformance {
+        tracing::warn!("--room-auth open: every client may join every room; development only");
+    }
+    if config.auth == AuthMode::Jwt
+        && config.jwt_secret.is_some()
+        && config.jwt_public_key.is_some()
+    {
+        tracing::warn!(
+            "both --jwt-secret and --jwt-public-key are set: only the key of --jwt-algorithm is used"
         );
     }
     if let Err(e) = sio_node::fdlimit::raise_nofile_limit() {

@@ -2,8 +2,8 @@
 //! `_total` on counters and no unbounded labels (never a socket, user or room id).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric a node exports.
@@ -36,6 +36,17 @@ pub struct Metrics {
     pub notifications_delivered: IntCounter,
     /// Engine.IO sessions closed by the drain.
     pub drained_sessions: IntCounter,
+    /// Sockets disconnected because their token expired, by namespace.
+    pub token_expiry_disconnects: IntCounterVec,
+    /// Join hook requests by outcome (`allowed`, `denied`, `timeout`, `error`).
+    pub join_hook_requests: IntCounterVec,
+    /// Join hook answers reused from the cache, by outcome (`allowed`, `denied`).
+    pub join_hook_cache_hits: IntCounterVec,
+    /// Join hook request latency.
+    pub join_hook_duration: Histogram,
+    /// Rooms of a user's set no longer allowed by the token or the hook at a reconnect,
+    /// dropped from the set.
+    pub restored_rooms_dropped: IntCounter,
     /// 1 while the node should get new handshakes.
     pub ready: IntGauge,
     /// 1 once the node is draining.
@@ -145,6 +156,45 @@ impl Metrics {
             "Engine.IO sessions closed by the drain so their clients reconnect elsewhere",
         )
         .expect("metric");
+        let token_expiry_disconnects = IntCounterVec::new(
+            Opts::new(
+                "sio_token_expiry_disconnects_total",
+                "Sockets whose token expired, disconnected so the client reconnects with a fresh one",
+            ),
+            &["namespace"],
+        )
+        .expect("metric");
+        let join_hook_requests = IntCounterVec::new(
+            Opts::new(
+                "sio_join_hook_requests_total",
+                "Join hook requests by outcome (allowed, denied, timeout, error)",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let join_hook_cache_hits = IntCounterVec::new(
+            Opts::new(
+                "sio_join_hook_cache_hits_total",
+                "Join hook answers reused from the cache, by outcome (allowed, denied)",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let join_hook_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sio_join_hook_duration_seconds",
+                "Join hook request latency (timeouts included)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("metric");
+        let restored_rooms_dropped = IntCounter::new(
+            "sio_restored_rooms_dropped_total",
+            "Rooms dropped from a user's set at reconnect because the new token (or the join hook) no longer allows them",
+        )
+        .expect("metric");
         let ready = IntGauge::new("sio_node_ready", "1 while the node accepts new handshakes")
             .expect("metric");
         let draining =
@@ -172,6 +222,11 @@ impl Metrics {
             Box::new(notifications.clone()),
             Box::new(notifications_delivered.clone()),
             Box::new(drained_sessions.clone()),
+            Box::new(token_expiry_disconnects.clone()),
+            Box::new(join_hook_requests.clone()),
+            Box::new(join_hook_cache_hits.clone()),
+            Box::new(join_hook_duration.clone()),
+            Box::new(restored_rooms_dropped.clone()),
             Box::new(ready.clone()),
             Box::new(draining.clone()),
             Box::new(build_info),
@@ -190,9 +245,16 @@ impl Metrics {
             events_received.with_label_values(&[ns]);
             events_sent.with_label_values(&[ns]);
             slow_client_drops.with_label_values(&[ns]);
+            token_expiry_disconnects.with_label_values(&[ns]);
             for reason in crate::auth::AuthError::REASONS {
                 auth_failures.with_label_values(&[ns, reason]);
             }
+        }
+        for outcome in crate::join_hook::OUTCOMES {
+            join_hook_requests.with_label_values(&[outcome]);
+        }
+        for outcome in ["allowed", "denied"] {
+            join_hook_cache_hits.with_label_values(&[outcome]);
         }
         for outcome in ["stored", "failed"] {
             notifications.with_label_values(&[outcome]);
@@ -216,6 +278,11 @@ impl Metrics {
             notifications,
             notifications_delivered,
             drained_sessions,
+            token_expiry_disconnects,
+            join_hook_requests,
+            join_hook_cache_hits,
+            join_hook_duration,
+            restored_rooms_dropped,
             ready,
             draining,
         }

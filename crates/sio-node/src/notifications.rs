@@ -72,9 +72,13 @@ pub async fn middleware<A: Adapter>(
 }
 
 /// Connect handler: replays what the client missed, then lets the queued events run.
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(node): State<Arc<NodeState>>) {
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<Arc<NodeState>>,
+) {
     let (s, n) = (socket.clone(), node.clone());
-    connect::connected(&node, &socket, move |session| {
+    connect::connected(&node, &io, &socket, move |session| {
         let after = match &*session.cursor() {
             NotificationCursor::Replaying { after, .. } => after.clone(),
             NotificationCursor::Live { .. } => None,

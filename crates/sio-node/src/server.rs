@@ -36,6 +36,9 @@ pub enum NodeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The join hook cannot be set up.
+    #[error(transparent)]
+    JoinHook(#[from] crate::join_hook::HookError),
     /// A namespace could not be registered (the adapter failed to subscribe).
     #[error("namespace {ns} could not start: {reason}")]
     Namespace {
@@ -87,14 +90,14 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let metrics = Metrics::new();
-    let Some(url) = config.redis_url.clone() else {
+    let Some(url) = config.redis_url.as_ref().map(|u| u.expose().to_owned()) else {
         let store = Store::memory(config.notification_maxlen);
         let subscribed = Arc::new(AtomicBool::new(true));
         let node = new_state(config, &listener, store, subscribed, metrics)?;
         return serve::<LocalAdapter>(node, (), listener, shutdown, None).await;
     };
     let settings = RedisSettings {
-        url: url.to_string(),
+        url,
         prefix: config.redis_prefix.clone(),
         lease: config.lease_ttl,
         notification_maxlen: config.notification_maxlen,
@@ -132,12 +135,15 @@ fn new_state(
     let bound = listener.local_addr()?;
     let node_id = config.resolved_node_id();
     let advertise_addr = config.resolved_advertise_addr(bound);
-    let auth = Authenticator::new(config.auth, config.jwt_secret.as_deref());
+    let auth = Authenticator::from_config(&config)?;
+    let rooms = crate::room_auth::RoomAuthorizer::from_config(&config, &metrics)?;
     Ok(Arc::new(NodeState {
         node_id,
         advertise_addr,
         server_uid: socketioxide_core::Uid::new().to_string(),
         auth,
+        rooms,
+        expiry: crate::expiry::ExpiryTimers::default(),
         metrics,
         store,
         readiness: Readiness::new(subscribed),
@@ -303,6 +309,10 @@ where
 
     tasks.spawn(stats_loop(node.clone(), io.clone(), background.clone()));
     tasks.spawn(heartbeat_loop(node.clone(), io.clone(), background.clone()));
+    {
+        let (node, stop) = (node.clone(), background.clone());
+        tasks.spawn(async move { node.expiry.run(stop).await });
+    }
 
     let local = listener.local_addr()?;
     let server_stop = CancellationToken::new();

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use sio_redis_adapter::Notification;
 
-use crate::auth::UserId;
+use crate::auth::{Identity, UserId};
+use crate::expiry::TimerId;
 
 /// Events a socket may have waiting before new ones are refused.
 pub const MAX_QUEUED_EVENTS: usize = 256;
@@ -144,6 +145,10 @@ pub enum NotificationCursor {
 pub struct SocketSession {
     /// The authenticated user.
     pub user: UserId,
+    /// What the socket's token allows (rooms, admin) and when it expires.
+    pub identity: Identity,
+    /// The timer that disconnects the socket when its token expires.
+    expiry: Mutex<Option<TimerId>>,
     /// The socket's pending event handlers.
     pub queue: Arc<EventQueue>,
     /// Chat rooms this socket is in (namespace `/` only).
@@ -153,10 +158,12 @@ pub struct SocketSession {
 }
 
 impl SocketSession {
-    /// A session for `user` with a paused queue.
-    pub fn new(user: UserId) -> Arc<Self> {
+    /// A session for `identity` with a paused queue.
+    pub fn new(identity: Identity) -> Arc<Self> {
         Arc::new(Self {
-            user,
+            user: identity.user.clone(),
+            identity,
+            expiry: Mutex::new(None),
             queue: Arc::new(EventQueue::default()),
             rooms: Mutex::new(BTreeSet::new()),
             notifications: Mutex::new(NotificationCursor::Live { floor: None }),
@@ -188,6 +195,16 @@ impl SocketSession {
         std::mem::take(&mut *lock(&self.rooms))
             .into_iter()
             .collect()
+    }
+
+    /// Records the expiry timer of the socket.
+    pub fn set_expiry_timer(&self, timer: TimerId) {
+        *lock(&self.expiry) = Some(timer);
+    }
+
+    /// Takes the expiry timer of the socket, to cancel it.
+    pub fn take_expiry_timer(&self) -> Option<TimerId> {
+        lock(&self.expiry).take()
     }
 
     /// Locks the notification cursor (never held across an await).

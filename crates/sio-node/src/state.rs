@@ -80,6 +80,10 @@ pub struct NodeState {
     pub server_uid: String,
     /// Handshake authentication.
     pub auth: Authenticator,
+    /// Who may join which room.
+    pub rooms: crate::room_auth::RoomAuthorizer,
+    /// The timers that disconnect sockets whose token expires.
+    pub expiry: crate::expiry::ExpiryTimers,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Shared state (memory or Redis).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::error::ConfigError;
+use crate::secret::{Secret, SecretUrl};
 
 /// Default address of the proxy listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
@@ -150,9 +151,10 @@ pub struct Config {
     pub backends_dns: Vec<String>,
 
     /// Redis URL of the node registry (`redis://`, `rediss://`, `redis-cluster://`,
-    /// `redis-sentinel://`), polled every discovery interval.
-    #[arg(long, env = "SIO_PROXY_BACKENDS_REDIS")]
-    pub backends_redis: Option<String>,
+    /// `redis-sentinel://`), polled every discovery interval. Passwords in it never appear in
+    /// logs or errors.
+    #[arg(long, env = "SIO_PROXY_BACKENDS_REDIS", hide_env_values = true)]
+    pub backends_redis: Option<SecretUrl>,
 
     /// Key prefix of the node registry (`{prefix}:nodes`, `{prefix}:nodes:info`).
     #[arg(long, env = "SIO_PROXY_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
@@ -169,7 +171,7 @@ pub struct Config {
     /// Secret keying the backend tag in session ids; every replica must share it.
     /// Without it a built-in development secret is used (and a warning logged).
     #[arg(long, env = "SIO_PROXY_SID_SECRET", hide_env_values = true)]
-    pub sid_secret: Option<String>,
+    pub sid_secret: Option<Secret>,
 
     /// Interval of the `/readyz` health check of every backend.
     #[arg(long, env = "SIO_PROXY_HEALTH_INTERVAL", default_value = DEFAULT_HEALTH_INTERVAL, value_parser = parse_duration)]
@@ -230,7 +232,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.backends_redis {
-            fred::prelude::Config::from_url(url).map_err(|e| ConfigError::RedisUrl {
+            fred::prelude::Config::from_url(url.expose()).map_err(|e| ConfigError::RedisUrl {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
@@ -238,7 +240,11 @@ impl Config {
         if self.redis_prefix.is_empty() {
             return Err(ConfigError::EmptyRedisPrefix);
         }
-        if self.sid_secret.as_deref().is_some_and(str::is_empty) {
+        if self
+            .sid_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
             return Err(ConfigError::EmptySidSecret);
         }
         if self.listen == self.metrics_listen {
@@ -249,7 +255,9 @@ impl Config {
 
     /// The secret that keys session tags.
     pub fn sid_secret(&self) -> &str {
-        self.sid_secret.as_deref().unwrap_or(DEVELOPMENT_SID_SECRET)
+        self.sid_secret
+            .as_ref()
+            .map_or(DEVELOPMENT_SID_SECRET, Secret::expose)
     }
 
     /// Worker threads for the proxy service.
@@ -316,6 +324,23 @@ mod tests {
             redis.validate(),
             Err(ConfigError::RedisUrl { .. })
         ));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_errors_and_debug() {
+        let config = parse(&[
+            "--backends-redis",
+            "redis://:redis-pw-1@[broken?sentinelPassword=redis-pw-2",
+            "--sid-secret",
+            "sid-secret-value",
+        ])
+        .expect("parses");
+        let e = config.validate().expect_err("bad url");
+        for shown in [e.to_string(), format!("{e:?}"), format!("{config:?}")] {
+            for secret in ["redis-pw-1", "redis-pw-2", "sid-secret-value"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
     }
 
     #[test]

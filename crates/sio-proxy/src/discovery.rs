@@ -45,8 +45,8 @@ pub struct RedisRegistry {
 
 impl RedisRegistry {
     /// A registry reader; connects in the background and reconnects forever.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, DiscoveryError> {
-        let config = RedisConfig::from_url(url)?;
+    pub fn new(url: &crate::secret::SecretUrl, prefix: &str) -> Result<Self, DiscoveryError> {
+        let config = RedisConfig::from_url(url.expose())?;
         let client = Builder::from_config(config)
             .with_connection_config(|c| c.connection_timeout = SOURCE_TIMEOUT)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 30_000, 2))
@@ -347,7 +347,8 @@ mod tests {
             ])
             .await
             .expect("hset");
-        let registry = RedisRegistry::new(&url, &prefix).expect("registry");
+        let registry =
+            RedisRegistry::new(&url.parse().expect("infallible"), &prefix).expect("registry");
         let found = registry.live_nodes().await.expect("live nodes");
         let _: () = writer.del(vec![nodes, info]).await.expect("cleanup");
         assert_eq!(found, vec![("127.0.0.1:3001".to_owned(), true)]);

@@ -17,8 +17,8 @@ pub enum ConfigError {
     /// The registry URL does not parse.
     #[error("--backends-redis `{url}` is not a Redis URL ({reason}); use redis://host:6379")]
     RedisUrl {
-        /// The URL given.
-        url: String,
+        /// The URL given (shown without its passwords).
+        url: crate::secret::SecretUrl,
         /// Why fred rejected it.
         reason: String,
     },

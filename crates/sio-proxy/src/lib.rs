@@ -15,6 +15,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod secret;
 pub mod server;
 pub mod tunnel;
 

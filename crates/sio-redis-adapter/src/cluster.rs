@@ -25,7 +25,7 @@ pub const SUBSCRIBER_BUFFER: usize = 8_192;
 const PUBLISHER_EVENT_BUFFER: usize = 32;
 
 /// How a node uses Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
     /// `redis://`, `rediss://`, `redis-cluster://…`, `redis-sentinel://…`.
     pub url: String,
@@ -37,6 +37,18 @@ pub struct RedisSettings {
     pub notification_maxlen: usize,
     /// How long cross-node requests (fetch sockets, rooms, acks) wait for every node.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .field("notification_maxlen", &self.notification_maxlen)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// A node's connection to the cluster's Redis.
@@ -117,13 +129,71 @@ impl RedisCluster {
     }
 }
 
-/// The URL without its password, for messages.
+/// Query parameters whose values are safe to show (fred's Redis URL options that name hosts
+/// and services); every other query value is hidden, since any may be a password
+/// (`sentinelPassword`, a token, …).
+const SAFE_QUERY_KEYS: [&str; 3] = ["node", "sentinelServiceName", "sentinelUsername"];
+
+/// `url` without its secrets, for logs and messages: the password of the user info and
+/// every query value not known to be harmless become `***`, the fragment goes. A string that
+/// does not parse as a URL is replaced whole (it might be anything).
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "<unparseable URL>".to_owned();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SAFE_QUERY_KEYS.contains(&k.as_ref()) {
+                    v.into_owned()
+                } else {
+                    "***".to_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.set_fragment(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_in_user_info_and_query() {
+        let shown = redact(
+            "redis-sentinel://user:pw1@h1:26379/0?node=h2:26379&sentinelServiceName=m&sentinelPassword=pw2&x=pw3#pw4",
+        );
+        for secret in ["pw1", "pw2", "pw3", "pw4"] {
+            assert!(!shown.contains(secret), "{shown}");
         }
-        _ => url.to_owned(),
+        assert!(shown.contains("user:***@h1"), "{shown}");
+        assert!(shown.contains("sentinelServiceName=m"), "{shown}");
+        assert!(shown.contains("node=h2"), "{shown}");
+        assert_eq!(redact("redis://:p@ss word@[::1"), "<unparseable URL>");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn settings_debug_hides_the_url_password() {
+        let s = RedisSettings {
+            url: "redis://:hunter2-pw@h:6379?password=also-secret".into(),
+            prefix: "sio".into(),
+            lease: Duration::from_secs(15),
+            notification_maxlen: 10,
+            request_timeout: Duration::from_secs(2),
+        };
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("hunter2-pw") && !debug.contains("also-secret"),
+            "{debug}"
+        );
     }
 }

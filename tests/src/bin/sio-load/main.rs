@@ -6,7 +6,7 @@
 //! 20,000 descriptors here), joins them to rooms, sends `room-message`s at a fixed open-loop
 //! rate with the send time in the payload, records every delivery's latency in an HDR
 //! histogram and writes a JSON report. Servers must accept `auth.userId` (sio-node with
-//! `--auth none`, or the Node baseline under `bench/baselines/node`).
+//! `--auth none --room-auth open`, or the Node baseline under `bench/baselines/node`).
 //!
 //! ```text
 //! sio-load run --url http://127.0.0.1:3000/socket.io/ --clients 1000 --room-size 1000 \
