@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test sio-cluster:
 # cmake (pingora), redis-server (tests and `make run`), promtool and prometheus (metric
-# checks), chromium (the browser test) and the npm packages of the JavaScript scenarios. Safe to
-# run again: it only installs what is missing. It never stops or kills anything: services a
-# package starts (Debian's prometheus, redis-server) keep running; the tests and `make run`
-# start their own servers on free ports and do not mind them.
+# checks), chromium (the browser test), the npm packages of the JavaScript scenarios and the
+# admin UI's static files (deploy/admin-ui). Safe to run again: it only installs what is missing.
+# It never stops or kills anything: services a package starts (Debian's prometheus, redis-server)
+# keep running; the tests and `make run` start their own servers on free ports and do not mind them.
 set -euo pipefail
 
 need=()
@@ -43,4 +43,11 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 if [ ! -d "$here/tests/js/node_modules/socket.io-client" ] || [ "$here/tests/js/package-lock.json" -nt "$here/tests/js/node_modules/.package-lock.json" ]; then
   echo "deps: npm ci (tests/js)"
   npm ci --prefix "$here/tests/js" --no-audit --no-fund --loglevel=error >/dev/null
+fi
+# the admin UI's static files (@socket.io/admin-ui ui/dist, and its fonts), served by the nodes
+# at /admin/ with --admin-ui-dir; installed, never committed
+ui="$here/deploy/admin-ui"
+if [ ! -f "$ui/node_modules/@socket.io/admin-ui/ui/dist/index.html" ] || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
+  echo "deps: npm ci (deploy/admin-ui)"
+  npm ci --prefix "$ui" --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: a whole local cluster in the foreground: redis-server (unless REDIS_URL is
 # given), three sio-node processes and sio-proxy on 127.0.0.1:4000. Prints the URL, a
-# development JWT and a client snippet. Ctrl-C (or SIGTERM) stops everything it started, says
-# so and exits 0.
+# development JWT, a client snippet and the admin UI's address and credentials. Ctrl-C (or
+# SIGTERM) stops everything it started, says so and exits 0.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
@@ -97,10 +97,21 @@ else
   done
 fi
 
+# the admin UI (deploy/admin-ui, installed by deps.sh): a development user with a fresh password
+admin_modules="$root/deploy/admin-ui/node_modules"
+admin_ui="$admin_modules/@socket.io/admin-ui/ui/dist"
+[ -f "$admin_ui/index.html" ] || "$root/deploy/local/deps.sh"
+admin_password="${ADMIN_PASSWORD:-$(node -e 'console.log(require("crypto").randomBytes(9).toString("base64url"))')}"
+admin_hash=$(node -e 'console.log(require(process.argv[1]).hashSync(process.argv[2], 10))' \
+  "$admin_modules/bcryptjs" "$admin_password")
+admin_mode="${ADMIN_MODE:-development}"
+
 backends=()
 for i in $(seq 1 "$nodes"); do
   port=$(free_port)
-  SIO_JWT_SECRET="$secret" SIO_API_KEY="$api_key" SIO_REDIS_URL="$redis_url" "${detach[@]}" "$bin/sio-node" \
+  SIO_JWT_SECRET="$secret" SIO_API_KEY="$api_key" SIO_REDIS_URL="$redis_url" \
+  SIO_ADMIN_USER=admin SIO_ADMIN_PASSWORD_HASH="$admin_hash" SIO_ADMIN_MODE="$admin_mode" \
+  SIO_ADMIN_UI_DIR="$admin_ui" "${detach[@]}" "$bin/sio-node" \
     --listen "127.0.0.1:$port" --node-id "node-$i" --cors-origin '*' \
     >"$run_dir/node-$i.log" 2>&1 &
   node_pids+=($!)
@@ -132,6 +143,8 @@ sio-cluster is running: $url   (Ctrl-C stops everything)
   redis      $redis_shown
   nodes      ${backends[*]}   (logs in target/run/)
   proxy      $url, metrics http://127.0.0.1:$metrics_port/metrics
+
+Admin UI: $url/admin/   user "admin", password "$admin_password"   ($admin_mode mode)
 
 Development JWT for user "alice" (HS256, secret "$secret", valid 7 days,
 claims rooms ["*"]: any room, admin true: /dashboard):

@@ -1053,6 +1053,13 @@ def base_env() -> dict:
     return env
 
 
+# Secrets whose value the binary parses: a stand-in it accepts (the others get check-<name>).
+SECRET_STANDINS = {
+    # any valid bcrypt hash (cost 4)
+    "SIO_ADMIN_PASSWORD_HASH": "$2a$04$k7SNVGMqI1/5.eGNCqVuweGF9evMRqHd9OTbSK6MoS8Iz4qeyIlLe",
+}
+
+
 def cmd_binaries(args: argparse.Namespace) -> int:
     surface = json.loads(Path(args.surface).read_text())
     work = Path(args.work)
@@ -1130,7 +1137,14 @@ def cmd_binaries(args: argparse.Namespace) -> int:
                 for k, val in list(env.items()):
                     if val == "<secret>":
                         # long enough for every check (HS256 needs 32 bytes)
-                        env[k] = f"check-{k.lower().replace('_', '-')}-0123456789abcdef0123456789abcdef"
+                        env[k] = SECRET_STANDINS.get(
+                            k, f"check-{k.lower().replace('_', '-')}-0123456789abcdef0123456789abcdef")
+                if "SIO_ADMIN_UI_DIR" in env:
+                    # the image's path: stand in a directory holding the UI's index.html
+                    ui = work / "admin-ui"
+                    ui.mkdir(exist_ok=True)
+                    (ui / "index.html").write_text("<html><head></head></html>")
+                    env["SIO_ADMIN_UI_DIR"] = str(ui)
                 if redis_url and "SIO_REDIS_URL" in env:
                     env["SIO_REDIS_URL"] = redis_url
                     env["SIO_REDIS_PREFIX"] = f"check{port}"

@@ -34,3 +34,71 @@ fn a_browser_page_on_another_origin_chats_and_gets_notifications() {
         );
     }
 }
+
+/// bcrypt (cost 4, for speed) of the admin test password.
+const ADMIN_HASH: &str = "$2a$04$k7SNVGMqI1/5.eGNCqVuweGF9evMRqHd9OTbSK6MoS8Iz4qeyIlLe";
+const ADMIN_PASSWORD: &str = "admin-test-password";
+
+#[test]
+fn the_admin_ui_served_by_the_cluster_shows_and_steers_every_node() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install chromium (make deps installs it)"
+    );
+    let ui =
+        sio_tests::workspace().join("deploy/admin-ui/node_modules/@socket.io/admin-ui/ui/dist");
+    assert!(
+        ui.join("index.html").exists(),
+        "{} is missing: run deploy/local/deps.sh (npm ci --prefix deploy/admin-ui)",
+        ui.display()
+    );
+    let ui = ui.to_string_lossy().into_owned();
+    let test = "admin_ui";
+    let c = Cluster::start(
+        test,
+        3,
+        &[
+            "--admin-user",
+            "admin",
+            "--admin-password-hash",
+            ADMIN_HASH,
+            "--admin-mode",
+            "development",
+            "--admin-ui-dir",
+            &ui,
+        ],
+    );
+    let url = c.redis.url();
+    let proxy = Proxy::start(
+        test,
+        "proxy",
+        &["--backends-redis", &url, "--redis-prefix", &c.prefix],
+    );
+    proxy.wait_healthy_backends(3, Duration::from_secs(20));
+    let shots = sio_tests::log_dir(test);
+    let ids: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
+    run_js(
+        "admin.mjs",
+        &[
+            ("URL", proxy.url()),
+            ("NODES", c.urls()),
+            ("NODE_IDS", ids.join(",")),
+            ("ADMIN_USER", "admin".to_owned()),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+            ("SHOTS", shots.to_string_lossy().into_owned()),
+            ("CHROMIUM", chromium),
+        ],
+    );
+    assert!(shots.join("admin-ui.png").exists());
+    for node in &c.nodes {
+        let log = node.proc.log_text();
+        assert!(!log.contains("panicked"), "{} panicked:\n{log}", node.id);
+    }
+    let applied = c
+        .nodes
+        .iter()
+        .filter(|n| n.proc.log_text().contains("admin command applied"))
+        .count();
+    assert!(applied >= 1, "no node logged the admin commands it applied");
+}

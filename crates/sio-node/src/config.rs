@@ -250,6 +250,10 @@ pub struct Config {
     #[arg(long, env = "SIO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Admin UI (`@socket.io/admin-ui`) flags.
+    #[command(flatten)]
+    pub admin: crate::admin::AdminConfig,
+
     /// Serve the protocol conformance server instead of the application (see CONFORMANCE.md):
     /// `/socket.io/` with namespaces `/` and `/custom`, and an Engine.IO echo on `/engine.io/`.
     #[arg(long, env = "SIO_CONFORMANCE")]
@@ -330,6 +334,9 @@ pub enum ConfigError {
     /// A CORS origin that is not `*` nor an origin.
     #[error("--cors-origin {0:?} is not `*` nor an origin like https://app.example.com")]
     BadOrigin(String),
+    /// An admin UI flag that cannot work.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::config::AdminConfigError),
 }
 
 impl Config {
@@ -418,6 +425,7 @@ impl Config {
                 return Err(ConfigError::BadOrigin(origin.clone()));
             }
         }
+        self.admin.validate()?;
         Ok(())
     }
 

@@ -20,10 +20,16 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::admin::traffic::{Traffic, WireMeter};
+
 #[derive(Debug, Default)]
 struct ConnState {
     killed: AtomicBool,
     reader: AtomicWaker,
+    /// Set once the connection carries a WebSocket (its traffic is then metered).
+    websocket: AtomicBool,
+    /// The Engine.IO session of that WebSocket, when the upgrade named it.
+    sid: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Closes one accepted connection.
@@ -42,6 +48,19 @@ impl ConnHandle {
     pub fn is_killed(&self) -> bool {
         self.0.killed.load(Ordering::SeqCst)
     }
+
+    /// The connection now carries the WebSocket of session `sid`: meter its frames (see
+    /// [`crate::admin::traffic`]).
+    pub fn meter_websocket(&self, sid: Option<Arc<str>>) {
+        if let Some(sid) = sid {
+            let _ = self.0.sid.set(sid);
+        }
+        self.0.websocket.store(true, Ordering::Release);
+    }
+
+    fn metered(&self) -> bool {
+        self.0.websocket.load(Ordering::Acquire)
+    }
 }
 
 /// A TCP connection that a [`ConnHandle`] can cut.
@@ -49,6 +68,7 @@ impl ConnHandle {
 pub struct Conn {
     stream: TcpStream,
     handle: ConnHandle,
+    meter: Option<WireMeter>,
 }
 
 fn killed() -> io::Error {
@@ -71,7 +91,31 @@ impl AsyncRead for Conn {
         if self.handle.is_killed() {
             return Poll::Ready(Err(killed()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && self.handle.metered()
+        {
+            let this = &mut *self;
+            if let Some(meter) = &mut this.meter {
+                meter.on_read(&buf.filled()[before..], this.handle.0.sid.get());
+            }
+        }
+        polled
+    }
+}
+
+impl Conn {
+    fn metered_write<'a>(&mut self, written: impl Iterator<Item = &'a [u8]>) {
+        if !self.handle.metered() {
+            return;
+        }
+        if let Some(meter) = &mut self.meter {
+            let sid = self.handle.0.sid.get();
+            for part in written {
+                meter.on_write(part, sid);
+            }
+        }
     }
 }
 
@@ -84,7 +128,11 @@ impl AsyncWrite for Conn {
         if self.handle.is_killed() {
             return Poll::Ready(Err(killed()));
         }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.metered_write(std::iter::once(&buf[..n]));
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -95,7 +143,15 @@ impl AsyncWrite for Conn {
         if self.handle.is_killed() {
             return Poll::Ready(Err(killed()));
         }
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = polled {
+            self.metered_write(bufs.iter().map_while(|b| {
+                let take = n.min(b.len());
+                n -= take;
+                (take > 0).then(|| &b[..take])
+            }));
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -112,9 +168,16 @@ impl AsyncWrite for Conn {
 }
 
 /// The node's listener: TCP with `TCP_NODELAY` (small Socket.IO frames must not wait for
-/// Nagle), handing out killable connections.
+/// Nagle), handing out killable connections, metered when [`Listener::metered`] is set.
 #[derive(Debug)]
-pub struct Listener(pub TcpListener);
+pub struct Listener(pub TcpListener, pub Option<Arc<Traffic>>);
+
+impl Listener {
+    /// Connections whose WebSocket traffic adds to `traffic`.
+    pub fn metered(listener: TcpListener, traffic: Arc<Traffic>) -> Self {
+        Self(listener, Some(traffic))
+    }
+}
 
 impl axum::serve::Listener for Listener {
     type Io = Conn;
@@ -128,6 +191,7 @@ impl axum::serve::Listener for Listener {
                     let conn = Conn {
                         stream,
                         handle: ConnHandle::default(),
+                        meter: self.1.clone().map(WireMeter::new),
                     };
                     return (conn, addr);
                 }
@@ -276,7 +340,7 @@ mod tests {
     async fn killing_wakes_a_pending_read_and_fails_writes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut listener = Listener(listener);
+        let mut listener = Listener(listener, None);
         let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
         let (mut conn, _) = axum::serve::Listener::accept(&mut listener).await;
         let _client = client.await.unwrap();

@@ -114,6 +114,11 @@ pub fn disconnected<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, reason:
         .disconnects
         .with_label_values(&[socket.ns(), reason_label(reason)])
         .inc();
+    node.admin_disconnects.record(
+        socket.ns(),
+        socket.id,
+        crate::admin::stats::ui_reason(reason),
+    );
 }
 
 /// Retries a store call a few times with a short back-off (Redis failing over, say).

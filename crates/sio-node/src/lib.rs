@@ -5,6 +5,7 @@
 //! identified by their authenticated id, never by a socket id; everything that must outlive a
 //! socket or a node lives in the shared [`sio_redis_adapter::Store`].
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod chat;

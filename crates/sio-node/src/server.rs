@@ -28,7 +28,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Transport};
 use crate::metrics::Metrics;
 use crate::state::{NodeState, Rates, Readiness};
-use crate::{chat, conformance, dashboard, drain, notifications, stats};
+use crate::{admin, chat, conformance, dashboard, drain, notifications, stats};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,7 @@ fn new_state(
         rates: std::sync::Mutex::new(Rates::default()),
         drain: crate::drain::DrainState::default(),
         cleanups: tokio_util::task::TaskTracker::new(),
+        admin_disconnects: Default::default(),
         config,
     }))
 }
@@ -204,6 +205,14 @@ where
         .ws_max_message_size(max_payload as usize)
         .ws_max_frame_size(max_payload as usize)
         .with_state(node.clone());
+    // The admin UI (off in conformance mode and without credentials): see `crate::admin`.
+    let admin = (!c.conformance && c.admin.enabled()).then(|| admin::Admin::new(&c.admin));
+    let builder = match &admin {
+        Some(a) => builder.with_state(a.clone()),
+        None => builder,
+    };
+    let tasks = TaskTracker::new();
+    let background = CancellationToken::new();
     let polling = c.transports.contains(&Transport::Polling);
     let websocket = c.transports.contains(&Transport::Websocket);
     let builder = match (polling, websocket) {
@@ -276,9 +285,19 @@ where
             node: node.clone(),
             io: io.clone(),
         };
-        probes(node.clone(), io.clone())
-            .merge(api::routes(api))
-            .layer(layer)
+        let mut app = probes(node.clone(), io.clone()).merge(api::routes(api));
+        if let Some(a) = &admin {
+            app =
+                app.merge(start_admin(a, &node, &io, cluster.as_ref(), &tasks, &background).await?);
+        }
+        app.layer(layer)
+    };
+    let app = match &admin {
+        Some(a) => app.layer(axum::middleware::from_fn_with_state(
+            a.traffic.clone(),
+            admin::traffic::meter_polling,
+        )),
+        None => app,
     };
     let app = app
         .layer(axum::middleware::from_fn_with_state(
@@ -288,8 +307,6 @@ where
         .layer(axum::middleware::from_fn(crate::conn::detach_request_head))
         .layer(cors(&node.config));
 
-    let tasks = TaskTracker::new();
-    let background = CancellationToken::new();
     tasks.spawn(stats_loop(node.clone(), io.clone(), background.clone()));
     tasks.spawn(heartbeat_loop(node.clone(), io.clone(), background.clone()));
     {
@@ -300,7 +317,7 @@ where
     let local = listener.local_addr()?;
     let server_stop = CancellationToken::new();
     let mut server = tokio::spawn(crate::conn::serve(
-        crate::conn::Listener(listener),
+        crate::conn::Listener(listener, admin.map(|a| a.traffic.clone())),
         app,
         server_stop.clone(),
     ));
@@ -356,6 +373,52 @@ where
     Ok(())
 }
 
+/// Registers the admin namespace, starts its tasks, and returns the UI's routes (none
+/// without `--admin-ui-dir`).
+async fn start_admin<A>(
+    admin: &Arc<admin::Admin>,
+    node: &Arc<NodeState>,
+    io: &SocketIo<A>,
+    cluster: Option<&RedisCluster>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Router, NodeError>
+where
+    A: NodeAdapter,
+    <A as CoreAdapter<Emitter>>::InitRes: NsInit,
+{
+    let failed = |reason| NodeError::Namespace {
+        ns: "admin",
+        reason,
+    };
+    let cfg = &node.config.admin;
+    io.ns(
+        cfg.admin_namespace.clone(),
+        admin::namespace::on_connect::<A>.with(admin::namespace::middleware::<A>),
+    )
+    .finish()
+    .await
+    .map_err(failed)?;
+    let link = cluster.map(|c| admin::ClusterLink {
+        driver: c.driver.clone(),
+        keys: c.keys.clone(),
+    });
+    admin::start(
+        admin.clone(),
+        node.clone(),
+        io.clone(),
+        link,
+        tasks,
+        stop.clone(),
+    )
+    .await
+    .map_err(failed)?;
+    match &cfg.admin_ui_dir {
+        Some(dir) => Ok(admin::ui::routes(dir, &cfg.admin_namespace)?),
+        None => Ok(Router::new()),
+    }
+}
+
 async fn wait_until_empty<A: Adapter>(io: &SocketIo<A>) {
     while io
         .nsps()
@@ -380,6 +443,9 @@ where
 }
 
 fn cors(config: &Config) -> CorsLayer {
+    if config.admin.admin_hosted_ui {
+        return admin_cors(config);
+    }
     let layer = CorsLayer::new()
         .allow_methods([
             axum::http::Method::GET,
@@ -399,6 +465,31 @@ fn cors(config: &Config) -> CorsLayer {
             .allow_origin(AllowOrigin::list(origins))
             .allow_credentials(true)
     }
+}
+
+/// CORS with `--admin-hosted-ui`: the hosted admin UI connects with credentials, next to the
+/// `--cors-origin` list (credentials for the listed origins, and for `*` none but the UI).
+fn admin_cors(config: &Config) -> CorsLayer {
+    use tower_http::cors::AllowCredentials;
+    let any = config.cors_origin.iter().any(|o| o == "*");
+    let listed: Vec<String> = config.cors_origin.clone();
+    let allowed = move |origin: &HeaderValue| {
+        origin == admin::config::HOSTED_UI_ORIGIN
+            || any
+            || listed.iter().any(|o| origin.as_bytes() == o.as_bytes())
+    };
+    let allowed2 = allowed.clone();
+    CorsLayer::new()
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::OPTIONS,
+        ])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .allow_origin(AllowOrigin::predicate(move |o, _| allowed(o)))
+        .allow_credentials(AllowCredentials::predicate(move |o, _| {
+            allowed2(o) && (!any || o == admin::config::HOSTED_UI_ORIGIN)
+        }))
 }
 
 fn probes<A: Adapter>(node: Arc<NodeState>, io: SocketIo<A>) -> Router {

@@ -103,6 +103,8 @@ pub struct NodeState {
     /// Disconnect clean-ups in flight (presence, socket leases): the shutdown waits for them
     /// before it closes the namespaces they broadcast on.
     pub cleanups: tokio_util::task::TaskTracker,
+    /// Why sockets disconnected, for the admin UI's development mode.
+    pub admin_disconnects: crate::admin::disconnects::DisconnectLog,
 }
 
 impl std::fmt::Debug for NodeState {

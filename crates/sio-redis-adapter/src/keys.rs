@@ -82,6 +82,16 @@ impl Keys {
         format!("{}:notify-reply:{}", self.prefix, uid)
     }
 
+    /// Shard channel: admin UI requests to every node (sio-node's `admin::bus`, JSON).
+    pub fn admin_channel(&self) -> String {
+        format!("{}:admin", self.prefix)
+    }
+
+    /// Shard channel: answers to the admin UI requests of the node with server uid `uid`.
+    pub fn admin_reply_channel(&self, uid: &str) -> String {
+        format!("{}:admin-reply:{}", self.prefix, uid)
+    }
+
     /// Prefix socketioxide-redis puts before its channels
     /// (`{prefix}-request#{ns}#`, `{prefix}-request#{ns}#{uid}#`, `{prefix}-response#{ns}#{uid}#`).
     pub fn adapter_prefix(&self) -> String {

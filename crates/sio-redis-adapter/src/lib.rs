@@ -36,6 +36,8 @@
 //! | `{p}-response#{ns}#{uid}#` | shard channel | answers to node `uid`'s requests |
 //! | `{p}:notify` | shard channel | notifications to deliver live (JSON `{user, notification, origin, req}`) |
 //! | `{p}:notify-reply:{uid}` | shard channel | delivery counts for node `uid` (JSON `{req, delivered}`) |
+//! | `{p}:admin` | shard channel | admin UI requests to every node: list sockets, apply a command (JSON, sio-node `admin::bus`) |
+//! | `{p}:admin-reply:{uid}` | shard channel | answers to node `uid`'s admin requests (JSON `{req, node, affected, sockets}`) |
 //! | `{p}:user:{<user>}:sockets` | sorted set | live sockets of the user, member `sid\|node\|ns`, score lease expiry (ms) |
 //! | `{p}:user:{<user>}:rooms` | set | rooms the user joined and did not leave (restored on reconnect); 30 days TTL |
 //! | `{p}:user:{<user>}:notifications` | stream | the user's notifications (`message`, `timestamp`), `MAXLEN ~ --notification-maxlen`; 30 days TTL |
