@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help deps build release run run-node test test-unit test-e2e test-manifests lint fmt clean
+.PHONY: help deps build release run run-node test test-unit test-e2e test-manifests lint fmt clean images images-test
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -40,3 +40,11 @@ clean: ## Remove build output and test logs
 .PHONY: bench
 bench: ## Build, then benchmark against Node Socket.IO, HAProxy and nginx (< 30 min); writes bench/results/<date>.{json,md} and charts
 	@bench/run.sh
+
+IMAGES_PROFILE ?= release
+images: ## Build the sio-node and sio-proxy images with buildah (local debian:bookworm-slim, host-built binaries; IMAGES_PROFILE=debug for debug binaries)
+	@IMAGES_PROFILE=$(IMAGES_PROFILE) deploy/images/build.sh
+
+images-test: ## Start Redis, 3 nodes and a proxy from the built images with k8s/overlays/dev's settings and check them with the official client
+	@deploy/images/deps.sh
+	@python3 -c 'import yaml' 2>/dev/null && py=python3 || py=/usr/bin/python3; $$py deploy/images/test.py --overlay k8s/overlays/dev
