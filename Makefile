@@ -45,6 +45,7 @@ IMAGES_PROFILE ?= release
 images: ## Build the sio-node and sio-proxy images with buildah (local debian:bookworm-slim, host-built binaries; IMAGES_PROFILE=debug for debug binaries)
 	@IMAGES_PROFILE=$(IMAGES_PROFILE) deploy/images/build.sh
 
-images-test: ## Start Redis, 3 nodes and a proxy from the built images with k8s/overlays/dev's settings and check them with the official client
+images-test: ## Start Redis, 3 nodes and a proxy from the built images with k8s/overlays/dev's settings, check them with the official client; then check the test fails on broken overlays
 	@deploy/images/deps.sh
-	@python3 -c 'import yaml' 2>/dev/null && py=python3 || py=/usr/bin/python3; $$py deploy/images/test.py --overlay k8s/overlays/dev
+	@python3 -c 'import yaml' 2>/dev/null && py=python3 || py=/usr/bin/python3; \
+	  $$py deploy/images/test.py --overlay k8s/overlays/dev && $$py deploy/images/test.py --overlay k8s/overlays/dev --self-check

@@ -23,8 +23,9 @@ deploy/images/deps.sh
 deploy/images/base.sh
 
 start=$(date +%s)
-echo "images: cargo build ${cargo_flags[*]} (sio-node, sio-proxy)"
-cargo build "${cargo_flags[@]}" --locked -p sio-node -p sio-proxy --bin sio-node --bin sio-proxy
+# The same command as `make build` / `make release`, so their artifacts are reused.
+echo "images: cargo build --workspace --bins ${cargo_flags[*]}"
+cargo build --workspace --bins "${cargo_flags[@]}"
 ui=deploy/admin-ui
 if [ ! -f "$ui/node_modules/@socket.io/admin-ui/ui/dist/index.html" ] || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
   echo "images: npm ci ($ui)"

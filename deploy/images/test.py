@@ -248,12 +248,13 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def main_process(c: Container, exe: str) -> int | None:
-    """The container's process (a descendant of `buildah run`) by its executable's name."""
-    want = os.path.basename(exe)[:15]
+def main_process(c: Container) -> int | None:
+    """The container's process: `buildah run` -> buildah-chroot-runtime -> buildah-chroot-exec
+    -> the process (whatever it exec'd into since)."""
     for pid in descendants(c.proc.pid):
         try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == want:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if argv0 and not os.path.basename(argv0).startswith(b"buildah"):
                 return pid
         except OSError:
             pass
@@ -608,7 +609,7 @@ class Harness:
             return
         pid = None
         for _ in range(50):
-            pid = main_process(c, c.argv[0])
+            pid = main_process(c)
             if pid or not c.alive():
                 break
             time.sleep(0.1)
@@ -727,10 +728,54 @@ class Harness:
             if c.ctr:
                 subprocess.run(["buildah", "umount", c.ctr], capture_output=True)
                 subprocess.run(["buildah", "rm", c.ctr], capture_output=True)
-        if self.args.keep or problems:
+        if self.args.keep or (problems and not os.environ.get("SIO_IMAGES_TEST_DISCARD")):
             log(f"logs kept in {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+# Each case breaks the overlay one way; the test must fail on it, saying so.
+SELF_CHECKS = [
+    ("a variable the binary refuses", "sio-node",
+     [{"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": "SIO_DRAIN_BATCH", "value": "lots"}}],
+     "invalid value 'lots'"),
+    ("a probe path that answers 404", "sio-proxy",
+     [{"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe/httpGet/path", "value": "/readyz-typo"}],
+     "readinessProbe never succeeded"),
+    ("root", "sio-node",
+     [{"op": "replace", "path": "/spec/template/spec/securityContext/runAsUser", "value": 0}],
+     "runs as root"),
+    ("a write outside the volumes", "sio-proxy",
+     [{"op": "add", "path": "/spec/template/spec/containers/0/command",
+       "value": ["/bin/sh", "-c", "echo x > /var/tmp/scratch && exec /usr/local/bin/sio-proxy"]}],
+     "wrote outside its volumes"),
+]
+
+
+def self_check(args) -> int:
+    """Runs the test on broken copies of the overlay; each must fail with its reason."""
+    base = ROOT / "target/images/self-check"
+    bad = 0
+    for i, (what, deployment, patch, expect) in enumerate(SELF_CHECKS):
+        d = base / str(i)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": [os.path.relpath(ROOT / args.overlay, d)],
+            "patches": [{"target": {"kind": "Deployment", "name": deployment}, "patch": yaml.safe_dump(patch)}],
+        }))
+        r = subprocess.run([sys.executable, __file__, "--overlay", os.path.relpath(d, ROOT), "--ready-within", "10"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env={**os.environ, "SIO_IMAGES_TEST_DISCARD": "1"})
+        if r.returncode != 0 and expect in r.stdout:
+            log(f"self-check: {what} in {deployment}: caught ({expect!r})")
+        else:
+            bad += 1
+            print(f"FAIL: self-check: {what} in {deployment} was not caught (exit {r.returncode}, "
+                  f"expected {expect!r}):\n{r.stdout[-3000:]}{r.stderr[-2000:]}", flush=True)
+    shutil.rmtree(base, ignore_errors=True)
+    print(f"images-test self-check: {len(SELF_CHECKS) - bad} of {len(SELF_CHECKS)} broken overlays caught "
+          f"in {time.monotonic() - T0:.0f}s", flush=True)
+    return 1 if bad else 0
 
 
 def main() -> int:
@@ -738,8 +783,14 @@ def main() -> int:
     ap.add_argument("--overlay", default="k8s/overlays/dev")
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--proxies", type=int, default=1)
+    ap.add_argument("--ready-within", type=float, default=90,
+                    help="seconds a readiness probe may fail after the startup probe passed (the kubelet has no such bound)")
+    ap.add_argument("--self-check", action="store_true",
+                    help="instead: check that the test fails on broken copies of the overlay")
     ap.add_argument("--keep", action="store_true", help="keep the logs and volumes")
     args = ap.parse_args()
+    if args.self_check:
+        return self_check(args)
     h = None
     try:
         h = Harness(args)
@@ -749,8 +800,8 @@ def main() -> int:
         for c in later:
             h.check_running(c)
         for c in later:
-            if wait_probe(c, "startupProbe"):
-                wait_probe(c, "readinessProbe", bound=90)
+            if c.alive() and wait_probe(c, "startupProbe"):
+                wait_probe(c, "readinessProbe", bound=args.ready_within)
         if not problems:
             for c in h.containers:
                 wait_probe(c, "livenessProbe")
