@@ -12,9 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 profile="${IMAGES_PROFILE:-release}"
+# release: just the two binaries; debug: what `make build` / `make test` build (the same feature
+# set, so their artifacts are reused and nothing is compiled twice).
 case "$profile" in
-  release) cargo_flags=(--release) ;;
-  debug) cargo_flags=() ;;
+  release) cargo_flags=(--release -p sio-node -p sio-proxy --bin sio-node --bin sio-proxy) ;;
+  debug) cargo_flags=(--workspace --bins) ;;
   *) echo "images: IMAGES_PROFILE must be release or debug, not $profile" >&2; exit 1 ;;
 esac
 tag="${IMAGES_TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}"
@@ -23,9 +25,8 @@ deploy/images/deps.sh
 deploy/images/base.sh
 
 start=$(date +%s)
-# The same command as `make build` / `make release`, so their artifacts are reused.
-echo "images: cargo build --workspace --bins ${cargo_flags[*]}"
-cargo build --workspace --bins "${cargo_flags[@]}"
+echo "images: cargo build --locked ${cargo_flags[*]}"
+cargo build --locked "${cargo_flags[@]}"
 ui=deploy/admin-ui
 if [ ! -f "$ui/node_modules/@socket.io/admin-ui/ui/dist/index.html" ] || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
   echo "images: npm ci ($ui)"
