@@ -285,7 +285,16 @@ pub fn auth(rng: &mut StdRng, keys: &Keys) -> Value {
         1 => value(rng, 3),
         2 => json!({ "token": token(rng, keys), "lastNotificationId": value(rng, 1) }),
         3 => {
-            let last = ["0-0", "17", "1-x", "99999999999999999999-0", "-1"].choose(rng);
+            let last = [
+                "0-0",
+                "17",
+                "1-x",
+                "99999999999999999999-0",
+                "-1",
+                "+1-0",
+                "1-+0",
+            ]
+            .choose(rng);
             json!({ "token": token(rng, keys), "lastNotificationId": last })
         }
         4 => json!({ "userId": value(rng, 1) }),
