@@ -14,8 +14,10 @@
 //! `--rss-late-growth-mib` after the first third (a leak keeps growing), and every well-behaved
 //! client received every acknowledged message exactly once and stayed connected.
 //!
-//! Inputs come from one seeded RNG per worker: the seed is printed, and `--seed` (`FUZZ_SEED`)
-//! replays the same inputs (timing, and so interleavings, may differ).
+//! Inputs come from one RNG per case, seeded from the run's seed, the worker and the case
+//! number: the seed is printed, and `--seed` (`FUZZ_SEED`) sends every case again with the same
+//! inputs (case n of worker w in the report's `last_cases` included), whatever the servers
+//! answered before it; only the interleaving of the workers may differ.
 //!
 //! ```text
 //! sio-fuzz --node 127.0.0.1:3001 --proxy 127.0.0.1:4000 --seconds 60 \
@@ -165,6 +167,14 @@ struct Report {
     last_cases: Vec<String>,
 }
 
+/// SplitMix64's finaliser: well-spread seeds from consecutive numbers.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn mib(bytes: u64) -> f64 {
     (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
 }
@@ -288,10 +298,12 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             .wrapping_add(w as u64)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         workers.spawn(async move {
-            let mut rng = StdRng::seed_from_u64(worker_seed);
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
+                // One RNG per case: case n of worker w gets the same inputs on a replay,
+                // whatever the servers answered to the cases before it.
+                let mut rng = StdRng::seed_from_u64(splitmix(worker_seed ^ n));
                 let via = if ctx.proxy.is_some() && rng.random_bool(0.5) {
                     Via::Proxy
                 } else {
