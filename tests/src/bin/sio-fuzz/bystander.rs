@@ -298,3 +298,46 @@ pub fn missing(seen: &Seen, acked: &[u64]) -> Option<String> {
         seen.ended
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(received: &[u64], ended: Option<&str>) -> Seen {
+        Seen {
+            name: "c".into(),
+            received: received.to_vec(),
+            received_count: received.len(),
+            ended: ended.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn losses_duplicates_and_ended_sessions_are_reported() {
+        assert_eq!(missing(&seen(&[2, 1, 3], None), &[1, 2, 3]), None);
+        assert!(missing(&seen(&[1, 3], None), &[1, 2, 3]).is_some_and(|m| m.contains("1 of 3")));
+        assert!(
+            missing(&seen(&[1, 2, 2, 3], None), &[1, 2, 3])
+                .is_some_and(|m| m.contains("1 duplicates"))
+        );
+        assert!(missing(&seen(&[1, 2, 3], Some("closed")), &[1, 2, 3]).is_some());
+    }
+
+    #[test]
+    fn room_messages_and_acks_are_read() {
+        let (name, data) =
+            event(br#"42["room-message",{"room":"r","text":"seq-7"}]"#).expect("event");
+        assert_eq!(name, "room-message");
+        assert_eq!(seq_of(&data, "r"), Some(7));
+        assert_eq!(seq_of(&data, "other"), None);
+        let sent = Mutex::new(Sent::default());
+        record_ack(br#"107[{"id":"x"}]"#, &sent);
+        record_ack(
+            br#"108[{"error":{"code":"rate_limited","message":"m"}}]"#,
+            &sent,
+        );
+        let s = lock(&sent);
+        assert_eq!(s.acked, vec![7]);
+        assert_eq!(s.refused, vec!["rate_limited".to_owned()]);
+    }
+}

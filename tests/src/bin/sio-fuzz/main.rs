@@ -89,7 +89,7 @@ struct Args {
     #[arg(long, env = "FUZZ_SEED")]
     seed: Option<u64>,
     /// Concurrent fuzz workers.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "FUZZ_WORKERS", default_value_t = 8)]
     workers: usize,
     /// Source addresses of the fuzz traffic: 127.0.0.2 … 127.0.0.(1+N) (the well-behaved
     /// clients use 127.0.0.1).
