@@ -39,6 +39,10 @@ fmt: ## Format the code
 clean: ## Remove build output and test logs
 	$(CARGO) clean
 
+.PHONY: fuzz
+fuzz: build ## Fuzz a local cluster (2 nodes, proxy) for FUZZ_SECONDS (default 120); FUZZ_SEED=N replays a run's inputs
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-120} $(CARGO) test -p sio-tests --test fuzz -- --nocapture
+
 .PHONY: bench
 bench: ## Build, then benchmark against Node Socket.IO, HAProxy and nginx (< 30 min); writes bench/results/<date>.{json,md} and charts
 	@bench/run.sh
