@@ -250,7 +250,10 @@ impl Authenticator {
 }
 
 fn valid_user_id(id: &str) -> Option<UserId> {
-    let ok = !id.is_empty() && id.len() <= MAX_USER_ID_LEN && !id.chars().any(char::is_control);
+    // characters, as the API's `userId` counts them: a user the API can notify can connect
+    let ok = !id.is_empty()
+        && id.chars().count() <= MAX_USER_ID_LEN
+        && !id.chars().any(char::is_control);
     ok.then(|| UserId(id.into()))
 }
 
@@ -294,6 +297,14 @@ mod tests {
 
     fn check(a: &Authenticator, token: &str) -> Result<Identity, AuthError> {
         a.authenticate(Some(&json!({ "token": token })))
+    }
+
+    #[test]
+    fn user_ids_are_counted_in_characters_like_the_api_counts_them() {
+        assert!(valid_user_id(&"é".repeat(MAX_USER_ID_LEN)).is_some());
+        assert!(crate::validate::user_id(&json!("é".repeat(MAX_USER_ID_LEN))).is_ok());
+        assert!(valid_user_id(&"é".repeat(MAX_USER_ID_LEN + 1)).is_none());
+        assert!(crate::validate::user_id(&json!("é".repeat(MAX_USER_ID_LEN + 1))).is_err());
     }
 
     #[test]
