@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::error::ConfigError;
+use crate::forward::{DEFAULT_FORWARD_PATHS, PathPrefix};
 use crate::secret::{Secret, SecretUrl};
 
 /// Default address of the proxy listener.
@@ -164,6 +165,12 @@ pub struct Config {
     #[arg(long, env = "SIO_PROXY_BALANCE", value_enum, default_value_t = Balance::IpHash)]
     pub balance: Balance,
 
+    /// Path prefixes of the client-facing listener that reach the nodes (comma-separated or
+    /// repeated); any other path gets a 404 from the proxy itself. The nodes' `/metrics`,
+    /// `/readyz` and `/healthz` stay on their own ports.
+    #[arg(long, env = "SIO_PROXY_FORWARD_PATHS", value_delimiter = ',', default_value = DEFAULT_FORWARD_PATHS)]
+    pub forward_paths: Vec<PathPrefix>,
+
     /// Peers (IPs or CIDRs, comma-separated or repeated) whose `X-Forwarded-For` is believed.
     #[arg(long, env = "SIO_PROXY_TRUST_FORWARDED", value_delimiter = ',')]
     pub trust_forwarded: Vec<IpNet>,
@@ -247,6 +254,9 @@ impl Config {
         {
             return Err(ConfigError::EmptySidSecret);
         }
+        if self.forward_paths.is_empty() {
+            return Err(ConfigError::NoForwardPaths);
+        }
         if self.listen == self.metrics_listen {
             return Err(ConfigError::SameListenAddress(self.listen));
         }
@@ -283,6 +293,30 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:4000".parse().expect("addr"));
         assert_eq!(config.balance, Balance::IpHash);
         assert_eq!(config.tunnel_idle_timeout, Duration::from_secs(120));
+        let forwarded: Vec<&str> = config
+            .forward_paths
+            .iter()
+            .map(PathPrefix::as_str)
+            .collect();
+        assert_eq!(forwarded, ["/socket.io/", "/api/", "/admin/"]);
+    }
+
+    #[test]
+    fn forward_paths_replace_the_default() {
+        let config = parse(&[
+            "--backend",
+            "h:1",
+            "--forward-paths",
+            "/socket.io/,/engine.io/",
+        ])
+        .expect("parses");
+        let forwarded: Vec<&str> = config
+            .forward_paths
+            .iter()
+            .map(PathPrefix::as_str)
+            .collect();
+        assert_eq!(forwarded, ["/socket.io/", "/engine.io/"]);
+        assert!(parse(&["--forward-paths", "metrics"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod fdlimit;
+pub mod forward;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -25,15 +25,18 @@ pub enum Outcome {
     NoHealthyBackend,
     /// The tagged backend refused the connection: its sessions are gone.
     BackendGone,
+    /// A path outside `--forward-paths`, answered 404 by the proxy.
+    NotForwarded,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Handshake,
         Outcome::TaggedHit,
         Outcome::UnknownTag,
         Outcome::NoHealthyBackend,
         Outcome::BackendGone,
+        Outcome::NotForwarded,
     ];
 
     /// Metric label.
@@ -44,6 +47,7 @@ impl Outcome {
             Outcome::UnknownTag => "unknown_tag",
             Outcome::NoHealthyBackend => "no_healthy_backend",
             Outcome::BackendGone => "backend_gone",
+            Outcome::NotForwarded => "not_forwarded",
         }
     }
 }
@@ -66,7 +70,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     handshakes: IntCounterVec,
-    routing: [IntCounter; 5],
+    routing: [IntCounter; 6],
     tunnels_open: IntGaugeVec,
     tunnels_total: IntCounterVec,
     connect_errors: IntCounterVec,

@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::backends::{ActiveGuard, Backend, BackendSet};
 use crate::config::{Balance, IpNet};
+use crate::forward::{self, PathPrefix};
 use crate::metrics::{Metrics, Outcome};
 use crate::routing::{self, Route, TAG_LEN, Tag, Transport};
 use crate::tunnel::{self, Pipe, TunnelError};
@@ -50,6 +51,8 @@ pub struct ProxySettings {
     pub response_timeout: Duration,
     /// TCP connect timeout towards backends.
     pub connect_timeout: Duration,
+    /// Path prefixes forwarded to the nodes; the proxy answers 404 to any other path.
+    pub forward_paths: Vec<PathPrefix>,
 }
 
 /// The proxy service.
@@ -57,6 +60,7 @@ pub struct SioProxy {
     backends: Arc<BackendSet>,
     metrics: Arc<Metrics>,
     settings: ProxySettings,
+    not_forwarded_body: Vec<u8>,
 }
 
 impl SioProxy {
@@ -65,6 +69,7 @@ impl SioProxy {
         SioProxy {
             backends,
             metrics,
+            not_forwarded_body: forward::not_forwarded_body(&settings.forward_paths),
             settings,
         }
     }
@@ -389,6 +394,11 @@ impl ProxyHttp for SioProxy {
         let req = session.req_header();
         if req.uri.path() == "/healthz" && req.uri.query().is_none() {
             respond(session, 200, "text/plain", b"ok").await?;
+            return Ok(true);
+        }
+        if !forward::is_forwarded(req.uri.path(), &self.settings.forward_paths) {
+            self.metrics.routed(Outcome::NotForwarded);
+            respond_json(session, 404, &self.not_forwarded_body).await?;
             return Ok(true);
         }
         let peer = session

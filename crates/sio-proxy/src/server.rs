@@ -138,6 +138,7 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
         tunnel_idle_timeout: config.tunnel_idle_timeout,
         response_timeout: config.response_timeout,
         connect_timeout: config.connect_timeout,
+        forward_paths: config.forward_paths.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
