@@ -15,10 +15,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
+use crate::admission::{Admission, ClientSlot};
 use crate::backends::{ActiveGuard, Backend, BackendSet};
 use crate::config::{Balance, IpNet};
 use crate::forward::{self, PathPrefix};
-use crate::metrics::{Metrics, Outcome};
+use crate::gate;
+use crate::metrics::{Metrics, Outcome, Refusal};
 use crate::routing::{self, Route, TAG_LEN, Tag, Transport};
 use crate::tunnel::{self, Pipe, TunnelError};
 
@@ -59,16 +61,23 @@ pub struct ProxySettings {
 pub struct SioProxy {
     backends: Arc<BackendSet>,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
     settings: ProxySettings,
     not_forwarded_body: Vec<u8>,
 }
 
 impl SioProxy {
-    /// A proxy over `backends`.
-    pub fn new(backends: Arc<BackendSet>, metrics: Arc<Metrics>, settings: ProxySettings) -> Self {
+    /// A proxy over `backends`, admitting clients with `admission`.
+    pub fn new(
+        backends: Arc<BackendSet>,
+        metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
+        settings: ProxySettings,
+    ) -> Self {
         SioProxy {
             backends,
             metrics,
+            admission,
             not_forwarded_body: forward::not_forwarded_body(&settings.forward_paths),
             settings,
         }
@@ -118,6 +127,8 @@ pub struct RequestCtx {
     rewrite: Option<HandshakeRewrite>,
     failure: Option<Failure>,
     tunnel: bool,
+    /// This request counted as a connection of a client behind a trusted peer.
+    slot: Option<ClientSlot>,
 }
 
 /// The client address and the `X-Forwarded-For` to send upstream.
@@ -205,6 +216,28 @@ fn client_left(e: &Error) -> bool {
 
 async fn respond_json(session: &mut Session, status: u16, body: &[u8]) -> Result<()> {
     respond(session, status, "application/json", body).await
+}
+
+/// The 429 of an admission limit: a JSON body naming it, and the connection closed after it.
+async fn respond_refused(session: &mut Session, refusal: Refusal) -> Result<()> {
+    let message = match refusal {
+        Refusal::HandshakeRate => "Too many new sessions from this address; retry later",
+        _ => "Too many connections from this address",
+    };
+    let body =
+        serde_json::json!({"code": 429, "message": message, "limit": refusal.as_str()}).to_string();
+    let mut header = ResponseHeader::build(429, Some(5))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    header.insert_header("retry-after", "1")?;
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 impl SioProxy {
@@ -320,8 +353,8 @@ impl SioProxy {
         let placeholder =
             ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
         let taken = std::mem::replace(&mut *session.downstream_session, placeholder);
-        let mut downstream = match taken {
-            ServerSession::H1(h1) => h1.into_inner(),
+        let (mut downstream, ticket) = match taken {
+            ServerSession::H1(h1) => gate::into_parts(h1.into_inner()),
             other => {
                 *session.downstream_session = other;
                 return Error::e_explain(
@@ -359,11 +392,13 @@ impl SioProxy {
         }
         let idle = self.settings.tunnel_idle_timeout;
         let upstream = answer.stream;
+        // The client's admission counts live as long as its tunnel.
+        let slot = ctx.slot.take();
         metrics.tunnel_opened();
         tokio::spawn(async move {
             let result = Pipe::new(downstream, upstream, idle).await;
             metrics.tunnel_closed();
-            drop(guard);
+            drop((guard, ticket, slot));
             if let Err(e) = result {
                 tracing::debug!(backend = %backend.addr, error = %e, "tunnel closed");
             }
@@ -387,7 +422,17 @@ impl ProxyHttp for SioProxy {
             rewrite: None,
             failure: None,
             tunnel: false,
+            slot: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        gate::head_done(session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -415,6 +460,17 @@ impl ProxyHttp for SioProxy {
             client_identity(peer, &forwarded, &self.settings.trust_forwarded);
         ctx.client_ip = client_ip;
         ctx.forwarded_for = forwarded_for;
+        if peer.is_some_and(|p| self.admission.is_trusted(p)) {
+            match self.admission.client_slot(client_ip) {
+                Ok(slot) => ctx.slot = Some(slot),
+                Err(refusal) => {
+                    self.metrics.refused(refusal);
+                    respond_refused(session, refusal).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let req = session.req_header();
 
         let route = routing::route(
             req,
@@ -426,6 +482,19 @@ impl ProxyHttp for SioProxy {
         ctx.transport = route.transport();
         let is_get = req.method == http::Method::GET;
         let upgrade = ctx.transport == Transport::WebSocket && session.is_upgrade_req();
+        if matches!(
+            route,
+            Route::Balanced {
+                handshake: true,
+                ..
+            }
+        ) && !self.admission.take_handshake(client_ip)
+        {
+            tracing::debug!(%client_ip, "handshake over the rate; 429");
+            self.metrics.refused(Refusal::HandshakeRate);
+            respond_refused(session, Refusal::HandshakeRate).await?;
+            return Ok(true);
+        }
         match route {
             Route::UnknownSession(_) => {
                 self.metrics.routed(Outcome::UnknownTag);
@@ -691,7 +760,8 @@ impl ProxyHttp for SioProxy {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        gate::request_done(session);
         if ctx.tunnel {
             return;
         }
