@@ -244,7 +244,12 @@ def start_sio_proxy(procs: Procs, name: str, backends: list[int],
                     cpus: set[int] | None = None) -> tuple[subprocess.Popen, int]:
     port, metrics = free_port(), free_port()
     argv = [BIN / "sio-proxy", "--listen", f"127.0.0.1:{port}",
-            "--metrics-listen", f"127.0.0.1:{metrics}", "--sid-secret", SID_SECRET]
+            "--metrics-listen", f"127.0.0.1:{metrics}", "--sid-secret", SID_SECRET,
+            # Every generated client comes from 127.0.0.1: lift the per-address limits meant
+            # for the internet (as HAProxy and nginx here have none).
+            "--handshake-rate", "1000000", "--handshake-burst", "1000000",
+            "--max-connections-per-address", "1000000",
+            "--max-pending-heads-per-address", "1000000", "--max-pending-heads", "1000000"]
     for b in backends:
         argv += ["--backend", f"127.0.0.1:{b}"]
     p = procs.spawn(name, argv, env={"SIO_LOG": "warn"}, cpus=cpus)

@@ -57,7 +57,13 @@ fn every_behaviour_holds_through_the_proxy_with_three_nodes() {
             )
         })
         .collect();
-    let mut args = vec!["--balance", "least-conn"];
+    // The conformance nodes' Engine.IO echo server lives at /engine.io/.
+    let mut args = vec![
+        "--balance",
+        "least-conn",
+        "--forward-paths",
+        "/socket.io/,/engine.io/",
+    ];
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
     for a in &addrs {
         args.push("--backend");

@@ -365,3 +365,81 @@ fn a_draining_node_loses_no_client_room_or_notification() {
         "the drained node did not exit cleanly in its grace period"
     );
 }
+
+/// The client port forwards only what clients need: Engine.IO, the HTTP API and the admin UI;
+/// a node's probes and metrics get the proxy's own 404, and `--forward-paths` widens the list.
+#[test]
+fn only_client_routes_reach_the_nodes() {
+    let c = Cluster::start("proxy-paths", 1, &[]);
+    let p = proxy_for("proxy-paths", "proxy", &c, &[]);
+    let refused = |status: u16, body: &str| {
+        status == 404 && body.contains("this address serves only /socket.io/, /api/, /admin/")
+    };
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/healthz?x=1",
+        "/",
+        "/favicon.ico",
+        "/api/../metrics",
+        "/socket.io/%2e%2e/readyz",
+    ] {
+        let (status, body) = http_get(p.addr, path).unwrap();
+        assert!(refused(status, &body), "{path}: {status} {body}");
+        assert!(!body.contains("sio_"), "{path} leaked node metrics: {body}");
+    }
+    // the proxy's own probe stays
+    assert_eq!(
+        http_get(p.addr, "/healthz").unwrap(),
+        (200, "ok".to_owned())
+    );
+    // Engine.IO, the API and the admin routes reach the node
+    let (status, body) = http_get(p.addr, "/socket.io/?EIO=4&transport=polling").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("0{"), "{body}");
+    let auth = format!("Bearer {}", sio_tests::API_KEY);
+    let (status, body) = http(
+        p.addr,
+        "GET",
+        "/api/stats",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ready\""), "{body}");
+    for path in ["/admin/", "/admin"] {
+        let (status, body) = http_get(p.addr, path).unwrap();
+        assert!(!refused(status, &body), "{path} did not reach the node");
+    }
+    let m = p.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "sio_proxy_routing_total",
+            &[("outcome", "not_forwarded")]
+        ),
+        7.0,
+        "{m}"
+    );
+    // an operator who wants more widens the list; the default paths are then only those given
+    let wide = proxy_for(
+        "proxy-paths",
+        "proxy-wide",
+        &c,
+        &["--forward-paths", "/socket.io/,/metrics"],
+    );
+    let (status, body) = http_get(wide.addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("sio_"), "{body}");
+    let (status, body) = http(
+        wide.addr,
+        "GET",
+        "/api/stats",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("serves only /socket.io/, /metrics"), "{body}");
+}

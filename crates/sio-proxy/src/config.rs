@@ -2,13 +2,14 @@
 //! environment variable, validated once at start-up.
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use crate::error::ConfigError;
+use crate::forward::{DEFAULT_FORWARD_PATHS, PathPrefix};
 use crate::secret::{Secret, SecretUrl};
 
 /// Default address of the proxy listener.
@@ -31,6 +32,20 @@ pub const DEFAULT_RESPONSE_TIMEOUT: &str = "10s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "2s";
 /// Default grace period given to open tunnels on SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Default time a client has to send a complete request head.
+pub const DEFAULT_HEADER_TIMEOUT: &str = "5s";
+/// Default cap of connections still sending their request head, all addresses together.
+pub const DEFAULT_MAX_PENDING_HEADS: &str = "10000";
+/// Default cap of connections still sending their request head, per client address.
+pub const DEFAULT_MAX_PENDING_HEADS_PER_ADDRESS: &str = "1000";
+/// Default cap of concurrent connections per client address: 10,000 clients behind one NAT
+/// address, two connections each (a long-poll and a POST, or a tunnel during the upgrade).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: &str = "20000";
+/// Default handshakes per second per client address: with the burst, 10,000 clients behind
+/// one address connect within a minute (1,000 + 200 x 60 = 13,000).
+pub const DEFAULT_HANDSHAKE_RATE: &str = "200";
+/// Default handshakes a client address may make at once.
+pub const DEFAULT_HANDSHAKE_BURST: &str = "1000";
 /// Secret used when `--sid-secret` is not given; fine for development only.
 pub const DEVELOPMENT_SID_SECRET: &str = "sio-proxy-development-secret-change-me";
 /// Engine.IO default ping interval + ping timeout of the nodes (25 s + 20 s): a shorter idle
@@ -164,6 +179,12 @@ pub struct Config {
     #[arg(long, env = "SIO_PROXY_BALANCE", value_enum, default_value_t = Balance::IpHash)]
     pub balance: Balance,
 
+    /// Path prefixes of the client-facing listener that reach the nodes (comma-separated or
+    /// repeated); any other path gets a 404 from the proxy itself. The nodes' `/metrics`,
+    /// `/readyz` and `/healthz` stay on their own ports.
+    #[arg(long, env = "SIO_PROXY_FORWARD_PATHS", value_delimiter = ',', default_value = DEFAULT_FORWARD_PATHS)]
+    pub forward_paths: Vec<PathPrefix>,
+
     /// Peers (IPs or CIDRs, comma-separated or repeated) whose `X-Forwarded-For` is believed.
     #[arg(long, env = "SIO_PROXY_TRUST_FORWARDED", value_delimiter = ',')]
     pub trust_forwarded: Vec<IpNet>,
@@ -204,6 +225,35 @@ pub struct Config {
     #[arg(long, env = "SIO_PROXY_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Time a client has to send a complete request head (the first one from its connection,
+    /// each later one from its first byte); a late connection is closed.
+    #[arg(long, env = "SIO_PROXY_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Connections still sending their request head, all addresses together; more are closed
+    /// at once.
+    #[arg(long, env = "SIO_PROXY_MAX_PENDING_HEADS", default_value = DEFAULT_MAX_PENDING_HEADS)]
+    pub max_pending_heads: NonZeroUsize,
+
+    /// Connections still sending their request head, per client address (direct clients;
+    /// a trusted peer's connections count only in the total).
+    #[arg(long, env = "SIO_PROXY_MAX_PENDING_HEADS_PER_ADDRESS", default_value = DEFAULT_MAX_PENDING_HEADS_PER_ADDRESS)]
+    pub max_pending_heads_per_address: NonZeroU32,
+
+    /// Concurrent connections per client address (an IPv6 client counts by its /64); more are
+    /// closed at once (a client named by `X-Forwarded-For`: its requests and tunnels, 429).
+    #[arg(long, env = "SIO_PROXY_MAX_CONNECTIONS_PER_ADDRESS", default_value = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: NonZeroU32,
+
+    /// New Engine.IO sessions per second per client address (token bucket refill); over it a
+    /// handshake gets 429.
+    #[arg(long, env = "SIO_PROXY_HANDSHAKE_RATE", default_value = DEFAULT_HANDSHAKE_RATE)]
+    pub handshake_rate: NonZeroU32,
+
+    /// New Engine.IO sessions a client address may open at once (token bucket size).
+    #[arg(long, env = "SIO_PROXY_HANDSHAKE_BURST", default_value = DEFAULT_HANDSHAKE_BURST)]
+    pub handshake_burst: NonZeroU32,
+
     /// Worker threads of the proxy (default: the number of CPUs).
     #[arg(long, env = "SIO_PROXY_THREADS")]
     pub threads: Option<NonZeroUsize>,
@@ -226,6 +276,7 @@ impl Config {
             ("--tunnel-idle-timeout", self.tunnel_idle_timeout),
             ("--response-timeout", self.response_timeout),
             ("--connect-timeout", self.connect_timeout),
+            ("--header-timeout", self.header_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(flag));
@@ -247,6 +298,9 @@ impl Config {
         {
             return Err(ConfigError::EmptySidSecret);
         }
+        if self.forward_paths.is_empty() {
+            return Err(ConfigError::NoForwardPaths);
+        }
         if self.listen == self.metrics_listen {
             return Err(ConfigError::SameListenAddress(self.listen));
         }
@@ -258,6 +312,18 @@ impl Config {
         self.sid_secret
             .as_ref()
             .map_or(DEVELOPMENT_SID_SECRET, Secret::expose)
+    }
+
+    /// The admission limits of the client-facing listener.
+    pub fn admission_limits(&self) -> crate::admission::AdmissionLimits {
+        crate::admission::AdmissionLimits {
+            header_timeout: self.header_timeout,
+            max_pending_heads: self.max_pending_heads.get(),
+            max_pending_heads_per_address: self.max_pending_heads_per_address.get(),
+            max_connections_per_address: self.max_connections_per_address.get(),
+            handshake_rate: f64::from(self.handshake_rate.get()),
+            handshake_burst: f64::from(self.handshake_burst.get()),
+        }
     }
 
     /// Worker threads for the proxy service.
@@ -283,6 +349,36 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:4000".parse().expect("addr"));
         assert_eq!(config.balance, Balance::IpHash);
         assert_eq!(config.tunnel_idle_timeout, Duration::from_secs(120));
+        let forwarded: Vec<&str> = config
+            .forward_paths
+            .iter()
+            .map(PathPrefix::as_str)
+            .collect();
+        assert_eq!(forwarded, ["/socket.io/", "/api/", "/admin/"]);
+        let limits = config.admission_limits();
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        // 10,000 clients behind one NAT address connect within a minute
+        assert!(limits.handshake_burst + 60.0 * limits.handshake_rate >= 10_000.0);
+        assert!(limits.max_connections_per_address >= 10_000);
+        assert!(parse(&["--handshake-rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn forward_paths_replace_the_default() {
+        let config = parse(&[
+            "--backend",
+            "h:1",
+            "--forward-paths",
+            "/socket.io/,/engine.io/",
+        ])
+        .expect("parses");
+        let forwarded: Vec<&str> = config
+            .forward_paths
+            .iter()
+            .map(PathPrefix::as_str)
+            .collect();
+        assert_eq!(forwarded, ["/socket.io/", "/engine.io/"]);
+        assert!(parse(&["--forward-paths", "metrics"]).is_err());
     }
 
     #[test]

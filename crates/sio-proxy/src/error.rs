@@ -28,6 +28,12 @@ pub enum ConfigError {
     /// `--sid-secret ""`.
     #[error("--sid-secret must not be empty (omit it to use the development secret)")]
     EmptySidSecret,
+    /// `--forward-paths ""`.
+    #[error(
+        "--forward-paths must name at least one path prefix (default {})",
+        crate::forward::DEFAULT_FORWARD_PATHS
+    )]
+    NoForwardPaths,
     /// Proxy and metrics on the same socket.
     #[error("--listen and --metrics-listen are both {0}; give them different ports")]
     SameListenAddress(SocketAddr),

@@ -6,11 +6,14 @@
 //! with no per-frame work. Backends come from static addresses, DNS and the nodes' Redis
 //! registry, and are health-checked on `/readyz`.
 
+pub mod admission;
 pub mod backends;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod fdlimit;
+pub mod forward;
+pub mod gate;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

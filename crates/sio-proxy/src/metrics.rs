@@ -25,15 +25,18 @@ pub enum Outcome {
     NoHealthyBackend,
     /// The tagged backend refused the connection: its sessions are gone.
     BackendGone,
+    /// A path outside `--forward-paths`, answered 404 by the proxy.
+    NotForwarded,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Handshake,
         Outcome::TaggedHit,
         Outcome::UnknownTag,
         Outcome::NoHealthyBackend,
         Outcome::BackendGone,
+        Outcome::NotForwarded,
     ];
 
     /// Metric label.
@@ -44,6 +47,45 @@ impl Outcome {
             Outcome::UnknownTag => "unknown_tag",
             Outcome::NoHealthyBackend => "no_healthy_backend",
             Outcome::BackendGone => "backend_gone",
+            Outcome::NotForwarded => "not_forwarded",
+        }
+    }
+}
+
+/// Why the proxy refused a connection or a handshake, a label of `sio_proxy_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address holds `--max-connections-per-address` connections: closed at once (429
+    /// when the client comes from `X-Forwarded-For`).
+    ConnectionsPerAddress,
+    /// `--max-pending-heads` connections are sending their head: closed at once.
+    PendingHeads,
+    /// The address has `--max-pending-heads-per-address` connections sending their head:
+    /// closed at once.
+    PendingHeadsPerAddress,
+    /// No complete request head within `--header-timeout`: closed.
+    HeaderTimeout,
+    /// The address's handshake bucket (`--handshake-rate`, `--handshake-burst`) is empty: 429.
+    HandshakeRate,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 5] = [
+        Refusal::ConnectionsPerAddress,
+        Refusal::PendingHeads,
+        Refusal::PendingHeadsPerAddress,
+        Refusal::HeaderTimeout,
+        Refusal::HandshakeRate,
+    ];
+
+    /// Metric label, also the `limit` field of the 429 body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ConnectionsPerAddress => "connections_per_address",
+            Refusal::PendingHeads => "pending_heads",
+            Refusal::PendingHeadsPerAddress => "pending_heads_per_address",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::HandshakeRate => "handshake_rate",
         }
     }
 }
@@ -66,7 +108,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     handshakes: IntCounterVec,
-    routing: [IntCounter; 5],
+    routing: [IntCounter; 6],
     tunnels_open: IntGaugeVec,
     tunnels_total: IntCounterVec,
     connect_errors: IntCounterVec,
@@ -77,6 +119,8 @@ pub struct Metrics {
     rewrite_errors: IntCounter,
     discovery_errors: IntCounterVec,
     open_sessions: IntGauge,
+    refused: [IntCounter; 5],
+    pending_heads: IntGauge,
 }
 
 impl Metrics {
@@ -170,7 +214,21 @@ impl Metrics {
             "sio_proxy_open_connections",
             "Open tunnels and in-flight proxied requests",
         )?;
+        let refused_vec = IntCounterVec::new(
+            Opts::new(
+                "sio_proxy_refused_total",
+                "Connections and handshakes refused by the admission limits, by reason",
+            ),
+            &["reason"],
+        )?;
+        let refused = Refusal::ALL.map(|r| refused_vec.with_label_values(&[r.as_str()]));
+        let pending_heads = IntGauge::new(
+            "sio_proxy_pending_heads",
+            "Client connections still sending a request head",
+        )?;
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(refused_vec),
+            Box::new(pending_heads.clone()),
             Box::new(requests.clone()),
             Box::new(handshakes.clone()),
             Box::new(routing_vec),
@@ -208,7 +266,20 @@ impl Metrics {
             rewrite_errors,
             discovery_errors,
             open_sessions,
+            refused,
+            pending_heads,
         })
+    }
+
+    /// Counts a refusal of the admission limits.
+    pub fn refused(&self, refusal: Refusal) {
+        let index = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
+        self.refused[index].inc();
+    }
+
+    /// Moves the gauge of connections still sending their head.
+    pub fn pending_heads_changed(&self, delta: i64) {
+        self.pending_heads.add(delta);
     }
 
     /// The Prometheus text exposition of every metric.

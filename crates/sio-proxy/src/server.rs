@@ -15,10 +15,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::backends::BackendSet;
 use crate::config::{Config, MIN_SAFE_IDLE_TIMEOUT};
 use crate::discovery::{self, Discovery, RedisRegistry};
 use crate::error::ProxyError;
+use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::{ProxySettings, SioProxy};
 use crate::routing::TagKey;
@@ -138,11 +140,20 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
         tunnel_idle_timeout: config.tunnel_idle_timeout,
         response_timeout: config.response_timeout,
         connect_timeout: config.connect_timeout,
+        forward_paths: config.forward_paths.clone(),
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let admission = Arc::new(Admission::new(
+        config.admission_limits(),
+        config.trust_forwarded.clone(),
+        metrics.clone(),
+    ));
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
-        SioProxy::new(backends, metrics.clone(), settings),
-        "sio-proxy",
+        SioProxy::new(backends, metrics.clone(), admission.clone(), settings),
+    );
+    let mut proxy = Service::new(
+        "sio-proxy".to_owned(),
+        Gate::new(app, admission, metrics.clone()),
     );
     // No pingora read buffer (64 KiB by default) per client connection: tunnels copy through
     // a stack buffer, and HTTP parsing has its own.
