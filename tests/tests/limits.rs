@@ -1,0 +1,117 @@
+//! Limits on what a client (hostile or just buggy) can make a node hold or do: each test hits
+//! one limit, checks the refusal and the metric that counts it, and, where the limit guards
+//! shared work, that a bystander client on the same node keeps its latency and messages.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use sio_tests::Node;
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
+}
+
+/// One WebSocket upgrade request for session `sid` on its own connection; returns the status
+/// line's code (0 when the node closed without answering).
+fn websocket_request(addr: SocketAddr, sid: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!(
+        "GET /socket.io/?EIO=4&transport=websocket&sid={sid} HTTP/1.1\r\nHost: {addr}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn random_sid(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    (0..len)
+        .map(|_| ALPHABET[rand::random::<u32>() as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Sends `count` WebSocket requests with random sids of `len` characters from 8 threads;
+/// returns how many got each status.
+fn forged_websocket_requests(
+    addr: SocketAddr,
+    count: usize,
+    len: usize,
+) -> std::collections::BTreeMap<u16, usize> {
+    let threads = 8;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeMap::new();
+                for _ in (t..count).step_by(threads) {
+                    *seen
+                        .entry(websocket_request(addr, &random_sid(len)))
+                        .or_insert(0) += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all = std::collections::BTreeMap::new();
+    for h in handles {
+        for (status, n) in h.join().expect("sender thread") {
+            *all.entry(status).or_insert(0) += n;
+        }
+    }
+    all
+}
+
+/// Forged sids on WebSocket requests (no token needed) must not grow a node's memory:
+/// 20,000 requests with 800-byte sids, then 20,000 with sids of the real shape (16
+/// characters, as sio-proxy forwards them once a tag is known), grow its RSS by < 5 MB each.
+#[test]
+fn forged_websocket_sids_do_not_grow_a_node() {
+    let node = Node::start("limits-forged-sids", "node", &[]);
+    let pid = node.proc.pid();
+    // Warm up: the allocator's arenas, hyper's and the engine's first allocations.
+    forged_websocket_requests(node.addr, 2_000, 800);
+    forged_websocket_requests(node.addr, 2_000, 16);
+    for (len, label) in [(800, "800-byte"), (16, "16-character")] {
+        let before = rss_kib(pid);
+        let seen = forged_websocket_requests(node.addr, 20_000, len);
+        // the node still answers, and answered every forged request
+        assert!(
+            sio_tests::wait_until(Duration::from_secs(5), || matches!(
+                sio_tests::http_get(node.addr, "/readyz"),
+                Ok((200, _))
+            )),
+            "node not ready after the forged requests"
+        );
+        let after = rss_kib(pid);
+        let grown = after.saturating_sub(before);
+        eprintln!(
+            "20,000 WebSocket requests with {label} forged sids: RSS {before} -> {after} KiB (+{grown} KiB), answers {seen:?}"
+        );
+        assert!(
+            !seen.contains_key(&0) || seen[&0] < 100,
+            "requests left unanswered: {seen:?}"
+        );
+        assert!(
+            grown < 5 * 1024,
+            "RSS grew by {grown} KiB with {label} forged sids (limit 5 MiB)"
+        );
+    }
+}
