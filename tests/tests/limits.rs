@@ -6,7 +6,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use sio_tests::Node;
+use std::process::Command;
+
+use sio_tests::{
+    Node, Proc, Redis, free_port, http_get, log_dir, random_prefix, run_js, wait_until, workspace,
+};
 
 /// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
 fn rss_kib(pid: u32) -> u64 {
@@ -114,4 +118,101 @@ fn forged_websocket_sids_do_not_grow_a_node() {
             "RSS grew by {grown} KiB with {label} forged sids (limit 5 MiB)"
         );
     }
+}
+
+/// Runs scenario `name` of tests/js/limits.mjs against `node` and prints what it measured.
+fn scenario(node: &Node, name: &str) {
+    let out = run_js(
+        "limits.mjs",
+        &[("SCENARIO", name.to_owned()), ("URL", node.url())],
+    );
+    eprintln!("{name}: {out}");
+}
+
+/// Rate limits out of the way, for the tests of other limits.
+const NO_RATE: [&str; 4] = ["--event-rate", "100000", "--event-burst", "100000"];
+
+/// Two nodes on one Redis: the first allows 20 rooms per socket, the second 100; both 30
+/// per user. A user joins on the first, then on the second, then reconnects to the first.
+#[test]
+fn joins_beyond_the_room_limits_get_too_many_rooms_and_change_nothing() {
+    let test = "limits-rooms";
+    let redis = Redis::start(test);
+    let (url, prefix) = (redis.url(), random_prefix());
+    let start = |id: &str, per_socket: &str| {
+        let mut args = vec![
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
+            "--max-rooms-per-socket",
+            per_socket,
+            "--max-rooms-per-user",
+            "30",
+        ];
+        args.extend(NO_RATE);
+        Node::start(test, id, &args)
+    };
+    let (a, b) = (start("node-a", "20"), start("node-b", "100"));
+    let out = run_js(
+        "limits.mjs",
+        &[
+            ("SCENARIO", "rooms".to_owned()),
+            ("URL", a.url()),
+            ("URL2", b.url()),
+        ],
+    );
+    eprintln!("rooms: {out}");
+}
+
+/// A Node.js HTTP server answering the join hook (tests/js/hook-server.mjs): rooms named
+/// `slow-*` are allowed after 2 s.
+fn hook_server(test: &str) -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(workspace().join("tests").join("js"))
+        .arg("hook-server.mjs")
+        .env("PORT", port.to_string());
+    let proc = Proc::spawn("hook", cmd, log_dir(test).join("hook.log"));
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let ok = wait_until(Duration::from_secs(10), || {
+        matches!(http_get(addr, "/requests"), Ok((200, _)))
+    });
+    assert!(ok, "hook server did not start: {}", proc.log_text());
+    (proc, format!("http://127.0.0.1:{port}/join"))
+}
+
+#[test]
+fn events_beyond_the_pending_bytes_get_overloaded() {
+    let test = "limits-pending-bytes";
+    let (_hook, hook) = hook_server(test);
+    let mut args = vec![
+        "--max-payload",
+        "100000",
+        "--max-pending-bytes",
+        "250000",
+        "--join-hook-url",
+        &hook,
+        "--join-hook-timeout",
+        "5s",
+    ];
+    args.extend(NO_RATE);
+    let node = Node::start(test, "node", &args);
+    scenario(&node, "pending_bytes");
+}
+
+#[test]
+fn events_over_the_rate_get_rate_limited_and_a_socket_that_stays_over_is_disconnected() {
+    let node = Node::start(
+        "limits-event-rate",
+        "node",
+        &["--event-rate", "40", "--event-burst", "20"],
+    );
+    scenario(&node, "event_rate");
+}
+
+#[test]
+fn chat_messages_beyond_max_chat_bytes_get_payload_too_large() {
+    let node = Node::start("limits-chat-bytes", "node", &NO_RATE);
+    scenario(&node, "chat_bytes");
 }
