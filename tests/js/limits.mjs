@@ -3,6 +3,7 @@
 // bystander's room messages all arrive, with a p99 latency within max(2 x idle, idle + 50 ms)
 // of its idle run measured just before.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import { ack, connect, main, once, sleep, socketFor, token, URL, waitFor } from "./lib.mjs";
 
@@ -229,5 +230,31 @@ else main({
     assert.equal(result.chats.length, 1, "only the small chat-message reached the bystander");
     assert.equal(result.chats[0].text.length, 4000);
     assert.equal(await metric("sio_limit_refusals_total", { limit: "chat_bytes" }), 100);
+  },
+
+  // URL: a node of a cluster whose other node's presence work is measured; REDIS_PORT,
+  // NODE_PID: the node of URL, stopped while the other one heartbeats.
+  async own_rooms() {
+    const evalshas = () => {
+      const info = execFileSync("redis-cli", ["-p", process.env.REDIS_PORT, "info", "commandstats"]).toString();
+      const m = info.match(/cmdstat_evalsha:calls=(\d+)/);
+      return m ? Number(m[1]) : 0;
+    };
+    const wide = await connect("wide", { mode: "websocket" });
+    for (let i = 0; i < 300; i++) assert.equal((await ack(wide, "join-room", `wide-${i}`)).ok, true);
+    // let the node holding those rooms sweep them once, then stop it: only the other node
+    // (no socket, no room) heartbeats now
+    await sleep(1500);
+    process.kill(Number(process.env.NODE_PID), "SIGSTOP");
+    try {
+      const before = evalshas();
+      await sleep(3500); // three heartbeat rounds (--lease-ttl 3s)
+      const calls = evalshas() - before;
+      console.log(`presence sweeps (EVALSHA) by a node without rooms over 3 heartbeats, with 300 rooms in the cluster: ${calls}`);
+      assert.ok(calls < 10, `${calls} EVALSHA calls: the other node swept rooms it has no member in`);
+    } finally {
+      process.kill(Number(process.env.NODE_PID), "SIGCONT");
+    }
+    wide.close();
   },
 });

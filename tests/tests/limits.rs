@@ -216,3 +216,87 @@ fn chat_messages_beyond_max_chat_bytes_get_payload_too_large() {
     let node = Node::start("limits-chat-bytes", "node", &NO_RATE);
     scenario(&node, "chat_bytes");
 }
+
+/// A node's presence sweep walks its own rooms only: with 300 rooms in the cluster, all on
+/// another node, a node without sockets runs no sweep at all.
+#[test]
+fn presence_work_follows_the_nodes_own_rooms() {
+    let test = "limits-own-rooms";
+    let redis = Redis::start(test);
+    let (url, prefix) = (redis.url(), random_prefix());
+    let start = |id: &str| {
+        Node::start(
+            test,
+            id,
+            &[
+                "--redis-url",
+                &url,
+                "--redis-prefix",
+                &prefix,
+                "--lease-ttl",
+                "3s",
+                "--max-rooms-per-socket",
+                "300",
+                "--max-rooms-per-user",
+                "300",
+                "--event-rate",
+                "100000",
+                "--event-burst",
+                "100000",
+            ],
+        )
+    };
+    let (busy, _idle) = (start("node-busy"), start("node-idle"));
+    let out = run_js(
+        "limits.mjs",
+        &[
+            ("SCENARIO", "own_rooms".to_owned()),
+            ("URL", busy.url()),
+            ("REDIS_PORT", redis.port.to_string()),
+            ("NODE_PID", busy.proc.pid().to_string()),
+        ],
+    );
+    eprintln!("own_rooms: {out}");
+}
+
+/// A heartbeat round longer than a third of `--lease-ttl` (here Redis stalls for 2.5 s with a
+/// 3 s lease) is logged as a warning and counted in `sio_heartbeat_slow_total`.
+#[test]
+fn a_slow_heartbeat_is_logged_and_counted() {
+    let test = "limits-slow-heartbeat";
+    let redis = Redis::start(test);
+    let prefix = random_prefix();
+    let url = redis.url();
+    let node = Node::start(
+        test,
+        "node",
+        &[
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
+            "--lease-ttl",
+            "3s",
+        ],
+    );
+    let slow = |n: &Node| sio_tests::metric(&n.metrics(), "sio_heartbeat_slow_total", &[]);
+    assert_eq!(slow(&node), 0.0);
+    assert!(
+        sio_tests::metric(&node.metrics(), "sio_heartbeat_duration_seconds_count", &[]) >= 1.0,
+        "heartbeat rounds are timed"
+    );
+    redis.proc.signal("STOP");
+    std::thread::sleep(Duration::from_millis(2500));
+    redis.proc.signal("CONT");
+    assert!(
+        wait_until(Duration::from_secs(10), || slow(&node) >= 1.0),
+        "no slow heartbeat counted:\n{}",
+        node.metrics()
+    );
+    assert!(
+        node.proc
+            .log_text()
+            .contains("heartbeat round took longer than a third of --lease-ttl"),
+        "no warning logged"
+    );
+}

@@ -570,6 +570,7 @@ async fn heartbeat_loop<A: Adapter>(
 ) {
     let every = node.config.lease_ttl / 3;
     loop {
+        let started = Instant::now();
         let info = stats::local_info(&node, &io);
         if let Err(e) = node.store.heartbeat(&info, node.config.lease_ttl).await {
             tracing::warn!("registry heartbeat failed: {e}");
@@ -578,7 +579,15 @@ async fn heartbeat_loop<A: Adapter>(
         if let Err(e) = node.store.refresh_leases(&leases).await {
             tracing::warn!("lease renewal failed: {e}");
         }
-        match node.store.expire_presence().await {
+        // Only this node's rooms: its heartbeat never grows with the cluster's rooms.
+        let rooms: Vec<String> = leases
+            .memberships
+            .iter()
+            .map(|m| m.room.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match node.store.expire_presence(&rooms).await {
             Ok(gone) => {
                 for (room, user) in gone {
                     tracing::info!(
@@ -590,6 +599,18 @@ async fn heartbeat_loop<A: Adapter>(
                 }
             }
             Err(e) => tracing::warn!("presence sweep failed: {e}"),
+        }
+        let took = started.elapsed();
+        node.metrics.heartbeat_duration.observe(took.as_secs_f64());
+        if took > every {
+            node.metrics.heartbeat_slow.inc();
+            tracing::warn!(
+                took = ?took,
+                limit = ?every,
+                rooms = rooms.len(),
+                sockets = leases.sockets.len(),
+                "heartbeat round took longer than a third of --lease-ttl; leases are at risk"
+            );
         }
         tokio::select! {
             _ = stop.cancelled() => return,
