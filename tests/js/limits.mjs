@@ -257,4 +257,17 @@ else main({
     }
     wide.close();
   },
+
+  // --max-payload 100000: the attachments of one binary event may not add up to more
+  async attachments() {
+    const h = await connect("hog", { mode: "websocket" });
+    const gone = once(h, "disconnect", 5000);
+    h.emit("chat-message", { a: Buffer.alloc(60000), b: Buffer.alloc(60000) });
+    const [reason] = await gone;
+    console.log(`a binary event with 120 KB of attachments: disconnected (${reason})`);
+    // the node serves the others as before
+    const other = await connect("other", { mode: "websocket" });
+    assert.equal((await ack(other, "chat-message", { text: "fine" })).ok, true);
+    other.close();
+  },
 });

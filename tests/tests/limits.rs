@@ -199,6 +199,7 @@ fn events_beyond_the_pending_bytes_get_overloaded() {
     args.extend(NO_RATE);
     let node = Node::start(test, "node", &args);
     scenario(&node, "pending_bytes");
+    scenario(&node, "attachments");
 }
 
 #[test]

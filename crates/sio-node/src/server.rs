@@ -121,6 +121,11 @@ pub async fn run(
     serve::<ClusterAdapter>(node, ctr, listener, shutdown, Some(cluster)).await
 }
 
+/// Binary attachments one event may carry.
+pub const MAX_ATTACHMENTS: usize = 64;
+/// Time the attachments of a binary event have to arrive after it.
+pub const ATTACHMENTS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long cross-node requests (rooms, fetch sockets, acks, notification counts) wait for
 /// every node to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -204,6 +209,14 @@ where
         .ws_read_buffer_size(c.ws_read_buffer)
         .ws_max_message_size(max_payload as usize)
         .ws_max_frame_size(max_payload as usize)
+        // A binary event's attachments are buffered until the last one arrives: all of them
+        // together within --max-payload, a few of them, and not waited for long.
+        .with_parser(
+            socketioxide::ParserConfig::common()
+                .max_incoming_binary_buf_size(max_payload as usize)
+                .max_incoming_binaries(MAX_ATTACHMENTS)
+                .packet_completion_timeout(ATTACHMENTS_TIMEOUT),
+        )
         .with_state(node.clone());
     // The admin UI (off in conformance mode and without credentials): see `crate::admin`.
     let admin = (!c.conformance && c.admin.enabled()).then(|| admin::Admin::new(&c.admin));
