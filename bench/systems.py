@@ -204,6 +204,8 @@ def spawn_sio_node(procs: Procs, name: str, redis_url: str | None = None, prefix
     port = free_port()
     argv = [BIN / "sio-node", "--listen", f"127.0.0.1:{port}", "--node-id", name, "--auth", "none",
             "--room-auth", "open",
+            # one sender socket per room sends far above a chat user's --event-rate
+            "--event-rate", "1000000", "--event-burst", "1000000",
             "--api-key", "bench-api-key", "--ping-interval", f"{PING_INTERVAL_MS}ms",
             "--ping-timeout", f"{PING_TIMEOUT_MS}ms"]
     if redis_url:

@@ -174,4 +174,29 @@ main({
     assert.equal(await next(), "4over websocket");
     s.close();
   },
+
+  // An HTTP request carrying the sid of a session that has upgraded to WebSocket gets 400,
+  // even when it follows the upgrade packet (5) at once, on both Engine.IO paths.
+  async upgraded_sid_polling() {
+    for (const base of ["/engine.io/", "/socket.io/"]) {
+      for (let i = 0; i < 10; i++) {
+        const { sid } = await handshake(base);
+        if (base === "/socket.io/") await post(`${base}?EIO=4&transport=polling&sid=${sid}`, "40");
+        const { s, next } = await wsOpen(`${base}?EIO=4&transport=websocket&sid=${sid}`);
+        s.send("2probe");
+        assert.equal(await next(), "3probe");
+        s.send("5");
+        const r = await get(`${base}?EIO=4&transport=polling&sid=${sid}`);
+        assert.equal(r.status, 400, `${base} attempt ${i}: ${r.status} ${r.text}`);
+        const p = await post(`${base}?EIO=4&transport=polling&sid=${sid}`, "4x");
+        assert.equal(p.status, 400, `${base} POST attempt ${i}: ${p.status} ${p.text}`);
+        // the session goes on over its WebSocket
+        if (base === "/engine.io/") {
+          s.send("4still here");
+          assert.equal(await next(), "4still here");
+        }
+        s.close();
+      }
+    }
+  },
 });

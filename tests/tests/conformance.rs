@@ -44,6 +44,11 @@ fn engine_io_echo_server_behaves() {
     conformance("engine_io");
 }
 
+#[test]
+fn polling_requests_of_an_upgraded_session_get_400() {
+    conformance("upgraded_sid_polling");
+}
+
 /// The same behaviours through sio-proxy in front of three conformance nodes: the cluster
 /// must be no worse than one node served directly.
 #[test]
@@ -78,6 +83,7 @@ fn every_behaviour_holds_through_the_proxy_with_three_nodes() {
         "echo",
         "closes_sessions",
         "engine_io",
+        "upgraded_sid_polling",
     ] {
         run_js(
             "conformance.mjs",

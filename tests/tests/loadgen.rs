@@ -39,7 +39,17 @@ fn generator_delivers_and_measures_over_websocket_and_polling() {
     let node = Node::start(
         test,
         "load-node",
-        &["--auth", "none", "--room-auth", "open"],
+        &[
+            "--auth",
+            "none",
+            "--room-auth",
+            "open",
+            // one sender per room, far above a chat user's --event-rate
+            "--event-rate",
+            "1000000",
+            "--event-burst",
+            "1000000",
+        ],
     );
     let url = format!("{}/socket.io/", node.url());
     let pid = node.proc.pid().to_string();

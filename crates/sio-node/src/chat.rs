@@ -82,6 +82,7 @@ pub async fn middleware<A: Adapter>(
         .await
         .map_err(|e| ConnectRefused::Unavailable(e.to_string()))?;
     let rooms = allowed_rooms(&node, &session, stored).await;
+    let rooms = within_room_limits(&node, &user, rooms);
 
     events::on(
         &socket,
@@ -111,6 +112,28 @@ pub async fn middleware<A: Adapter>(
     Ok(())
 }
 
+/// The restored rooms a socket re-joins: at most `--max-rooms-per-socket` of them (in name
+/// order). The others stay in the user's set (a later limit may allow them again) and count as
+/// refusals.
+fn within_room_limits(node: &NodeState, user: &str, mut rooms: Vec<String>) -> Vec<String> {
+    let max = node.config.max_rooms_per_socket;
+    if rooms.len() > max {
+        let skipped = rooms.len() - max;
+        tracing::info!(
+            user,
+            restored = max,
+            skipped,
+            "more stored rooms than --max-rooms-per-socket: only the first are re-joined"
+        );
+        node.metrics
+            .limit_refusals
+            .with_label_values(&["rooms_per_socket"])
+            .inc_by(skipped as u64);
+        rooms.truncate(max);
+    }
+    rooms
+}
+
 /// Joins restored on a connect checked at once, at most.
 const RESTORE_CHECKS_IN_FLIGHT: usize = 8;
 
@@ -124,14 +147,17 @@ async fn allowed_rooms(
 ) -> Vec<String> {
     use futures::StreamExt;
     let user = session.user.as_str();
-    let decisions: Vec<(String, Decision)> = futures::stream::iter(stored)
-        .map(|room| async move {
-            let d = node.rooms.decide(&session.identity, &room).await;
-            (room, d)
-        })
-        .buffered(RESTORE_CHECKS_IN_FLIGHT)
-        .collect()
-        .await;
+    // A set larger than the user's limit (the limit was lowered) is not worth checking whole.
+    let checked = node.config.max_rooms_per_user;
+    let decisions: Vec<(String, Decision)> =
+        futures::stream::iter(stored.into_iter().take(checked))
+            .map(|room| async move {
+                let d = node.rooms.decide(&session.identity, &room).await;
+                (room, d)
+            })
+            .buffered(RESTORE_CHECKS_IN_FLIGHT)
+            .collect()
+            .await;
     let mut rooms = Vec::with_capacity(decisions.len());
     for (room, decision) in decisions {
         match decision {
@@ -282,6 +308,16 @@ async fn chat_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Par
             );
         }
     };
+    // It reaches every socket of the cluster: its own limit, far below `--max-payload`.
+    let max = ev.node.config.max_chat_bytes;
+    let size = serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len());
+    if size > max {
+        return ev.fail_at_limit(
+            "chat_bytes",
+            "payload_too_large",
+            format!("chat-message of {size} bytes; at most {max} (--max-chat-bytes)"),
+        );
+    }
     let Some(ns) = ev.io.of(NAMESPACE) else {
         return ev.fail("unavailable", SHUTTING_DOWN);
     };
@@ -311,9 +347,33 @@ async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parser
     if ev.session.in_room(&room) {
         return ev.reply(&serde_json::json!({ "ok": true, "room": room }));
     }
+    let per_socket = ev.node.config.max_rooms_per_socket;
+    if ev.session.room_count() >= per_socket {
+        return ev.fail_at_limit(
+            "rooms_per_socket",
+            "too_many_rooms",
+            format!(
+                "this socket is in {per_socket} rooms already (--max-rooms-per-socket); leave one first"
+            ),
+        );
+    }
     match ev.node.rooms.decide(&ev.session.identity, &room).await {
         Decision::Allowed => {}
         Decision::Denied(why) | Decision::Unknown(why) => return ev.fail("forbidden", why),
+    }
+    let per_user = ev.node.config.max_rooms_per_user;
+    match ev.node.store.user_rooms(&user).await {
+        Ok(joined) if joined.len() >= per_user && !joined.contains(&room) => {
+            return ev.fail_at_limit(
+                "rooms_per_user",
+                "too_many_rooms",
+                format!(
+                    "user {user:?} has joined {per_user} rooms already (--max-rooms-per-user); leave one first"
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return ev.fail("unavailable", format!("could not join {room:?}: {e}")),
     }
     if let Err(e) = ev.node.store.add_user_room(&user, &room).await {
         return ev.fail("unavailable", format!("could not join {room:?}: {e}"));

@@ -46,6 +46,18 @@ pub const DEFAULT_JOIN_HOOK_TIMEOUT: &str = "2s";
 pub const DEFAULT_JOIN_HOOK_CACHE_TTL: &str = "10s";
 /// Default number of join hook answers kept.
 pub const DEFAULT_JOIN_HOOK_CACHE_SIZE: usize = 10_000;
+/// Default chat rooms one socket may be in (a chat user's rooms, with room to spare).
+pub const DEFAULT_MAX_ROOMS_PER_SOCKET: usize = 100;
+/// Default chat rooms one user may have joined (the stored set, restored on reconnect).
+pub const DEFAULT_MAX_ROOMS_PER_USER: usize = 200;
+/// Default bytes of events one socket may have waiting to be handled (two largest payloads).
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 2_000_000;
+/// Default events per second one socket may send, on average.
+pub const DEFAULT_EVENT_RATE: u32 = 50;
+/// Default events one socket may send at once above the rate (the token bucket's size).
+pub const DEFAULT_EVENT_BURST: u32 = 100;
+/// Default largest `chat-message`, bytes of its JSON argument.
+pub const DEFAULT_MAX_CHAT_BYTES: usize = 4096;
 
 /// How clients authenticate on connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -213,6 +225,34 @@ pub struct Config {
     #[arg(long, env = "SIO_MAX_BUFFER_SIZE", default_value_t = DEFAULT_MAX_BUFFER_SIZE)]
     pub max_buffer_size: usize,
 
+    /// Chat rooms one socket may be in; a `join-room` beyond gets `too_many_rooms`.
+    #[arg(long, env = "SIO_MAX_ROOMS_PER_SOCKET", default_value_t = DEFAULT_MAX_ROOMS_PER_SOCKET)]
+    pub max_rooms_per_socket: usize,
+
+    /// Chat rooms one user may have joined (over all its sockets and nodes: the stored set
+    /// restored on reconnect); a `join-room` beyond gets `too_many_rooms`.
+    #[arg(long, env = "SIO_MAX_ROOMS_PER_USER", default_value_t = DEFAULT_MAX_ROOMS_PER_USER)]
+    pub max_rooms_per_user: usize,
+
+    /// Bytes of received events one socket may have waiting to be handled; an event beyond
+    /// gets `overloaded` (as one beyond 256 waiting events does). At least `--max-payload`.
+    #[arg(long, env = "SIO_MAX_PENDING_BYTES", default_value_t = DEFAULT_MAX_PENDING_BYTES)]
+    pub max_pending_bytes: u64,
+
+    /// Events per second one socket may send on average (token bucket); an event beyond gets
+    /// `rate_limited` and is not handled; a socket over it for 5 s is disconnected.
+    #[arg(long, env = "SIO_EVENT_RATE", default_value_t = DEFAULT_EVENT_RATE)]
+    pub event_rate: u32,
+
+    /// Events one socket may send in a burst above `--event-rate` (the bucket's size).
+    #[arg(long, env = "SIO_EVENT_BURST", default_value_t = DEFAULT_EVENT_BURST)]
+    pub event_burst: u32,
+
+    /// Largest `chat-message` (bytes of its JSON argument): a larger one gets
+    /// `payload_too_large` (it would reach every socket of the cluster).
+    #[arg(long, env = "SIO_MAX_CHAT_BYTES", default_value_t = DEFAULT_MAX_CHAT_BYTES)]
+    pub max_chat_bytes: usize,
+
     /// WebSocket read buffer per connection, in bytes.
     #[arg(long, env = "SIO_WS_READ_BUFFER", default_value_t = DEFAULT_WS_READ_BUFFER)]
     pub ws_read_buffer: usize,
@@ -312,6 +352,16 @@ pub enum ConfigError {
     /// Payload limit too small for any packet.
     #[error("--max-payload must be at least 1024 bytes (got {0})")]
     PayloadTooSmall(u64),
+    /// `--max-pending-bytes` below `--max-payload`: a single event could never be queued.
+    #[error(
+        "--max-pending-bytes ({pending}) must be at least --max-payload ({payload}): one event of the largest size must fit"
+    )]
+    PendingBelowPayload {
+        /// `--max-pending-bytes`.
+        pending: u64,
+        /// `--max-payload`.
+        payload: u64,
+    },
     /// A count that must be positive is zero.
     #[error("{0} must be at least 1")]
     ZeroCount(&'static str),
@@ -370,10 +420,21 @@ impl Config {
             ("--max-buffer-size", self.max_buffer_size),
             ("--ws-read-buffer", self.ws_read_buffer),
             ("--join-hook-cache-size", self.join_hook_cache_size),
+            ("--max-rooms-per-socket", self.max_rooms_per_socket),
+            ("--max-rooms-per-user", self.max_rooms_per_user),
+            ("--event-rate", self.event_rate as usize),
+            ("--event-burst", self.event_burst as usize),
+            ("--max-chat-bytes", self.max_chat_bytes),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroCount(name));
             }
+        }
+        if self.max_pending_bytes < self.max_payload {
+            return Err(ConfigError::PendingBelowPayload {
+                pending: self.max_pending_bytes,
+                payload: self.max_payload,
+            });
         }
         if let Some(id) = &self.node_id
             && !valid_node_id(id)

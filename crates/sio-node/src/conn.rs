@@ -25,6 +25,8 @@ use crate::admin::traffic::{Traffic, WireMeter};
 #[derive(Debug, Default)]
 struct ConnState {
     killed: AtomicBool,
+    /// Set when the connection is gone (its [`Conn`] dropped).
+    closed: AtomicBool,
     reader: AtomicWaker,
     /// Set once the connection carries a WebSocket (its traffic is then metered).
     websocket: AtomicBool,
@@ -49,6 +51,16 @@ impl ConnHandle {
         self.0.killed.load(Ordering::SeqCst)
     }
 
+    /// True once the connection is gone (closed by either side).
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// Records that the connection is gone.
+    pub(crate) fn mark_closed(&self) {
+        self.0.closed.store(true, Ordering::Release);
+    }
+
     /// The connection now carries the WebSocket of session `sid`: meter its frames (see
     /// [`crate::admin::traffic`]).
     pub fn meter_websocket(&self, sid: Option<Arc<str>>) {
@@ -69,6 +81,12 @@ pub struct Conn {
     stream: TcpStream,
     handle: ConnHandle,
     meter: Option<WireMeter>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.handle.mark_closed();
+    }
 }
 
 fn killed() -> io::Error {

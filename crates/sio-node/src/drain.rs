@@ -21,6 +21,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use socketioxide::{SocketIo, TransportType};
 use tokio::sync::Notify;
 
@@ -36,14 +37,63 @@ pub struct DrainState {
     wake: Notify,
     /// WebSocket connection of each upgraded session (its handshake came over polling, on
     /// another connection).
-    upgraded: Mutex<HashMap<String, ConnHandle>>,
+    upgraded: Mutex<Upgraded>,
 }
+
+/// The WebSocket connections that carry upgraded sessions, by sid.
+///
+/// Only requests the engine accepted for an upgrade (a sid of the engine's shape, answered
+/// `101`) are recorded, and entries whose connection has closed are swept out whenever the
+/// map doubles: it never holds more than twice the node's open WebSocket connections (plus
+/// [`MIN_SWEEP`]), whatever sids clients forge.
+#[derive(Debug, Default)]
+struct Upgraded {
+    by_sid: HashMap<Sid, ConnHandle>,
+    /// Size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+/// Entries below which no sweep runs.
+const MIN_SWEEP: usize = 1024;
+
+impl Upgraded {
+    fn record(&mut self, sid: Sid, handle: ConnHandle) {
+        if self.by_sid.len() >= self.sweep_at {
+            self.by_sid.retain(|_, h| !h.is_closed());
+            self.sweep_at = (self.by_sid.len() * 2).max(MIN_SWEEP);
+        }
+        self.by_sid.insert(sid, handle);
+    }
+
+    /// The open connection of `sid`'s WebSocket, if it has one.
+    fn open(&self, sid: &str) -> Option<&ConnHandle> {
+        let sid: Sid = sid.parse().ok()?;
+        self.by_sid.get(&sid).filter(|h| !h.is_closed())
+    }
+}
+
+/// How long a polling request of a session whose WebSocket upgrade is under way waits before
+/// the engine sees it: the client may have sent the upgrade's last packet (`5`) already, and
+/// a request that comes after it must get `400` (the session has left polling), not the
+/// no-op the engine gives while the upgrade is pending. Official clients send no new polling
+/// request once the probe is answered, so only stray requests wait.
+const UPGRADE_SETTLE: Duration = Duration::from_millis(50);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DrainState {
+    /// True while a WebSocket connection of session `sid` is open.
+    fn has_websocket(&self, sid: &str) -> bool {
+        lock(&self.upgraded).open(sid).is_some()
+    }
+
+    /// Sessions with a recorded WebSocket connection (open or not yet swept).
+    pub fn recorded_websockets(&self) -> usize {
+        lock(&self.upgraded).by_sid.len()
+    }
+
     fn is_closing(&self, sid: &str) -> bool {
         lock(&self.closing).contains(sid)
     }
@@ -62,7 +112,9 @@ impl DrainState {
 
     /// Forgets a session that ended (called from disconnect handlers).
     pub fn forget(&self, sid: &str) {
-        lock(&self.upgraded).remove(sid);
+        if let Ok(sid) = sid.parse::<Sid>() {
+            lock(&self.upgraded).by_sid.remove(&sid);
+        }
         lock(&self.closing).remove(sid);
     }
 }
@@ -101,7 +153,8 @@ pub async fn engine_guard(
     req: Request,
     next: Next,
 ) -> Response {
-    if !req.uri().path().starts_with("/socket.io") {
+    let path = req.uri().path();
+    if !(path.starts_with("/socket.io") || path.starts_with("/engine.io")) {
         return next.run(req).await;
     }
     let query = req.uri().query().unwrap_or_default().to_owned();
@@ -114,19 +167,39 @@ pub async fn engine_guard(
             if drain.is_closing(&sid) {
                 return session_unknown();
             }
-            if let Some(ConnectInfo(info)) = req.extensions().get::<ConnectInfo<ConnInfo>>() {
-                lock(&drain.upgraded).insert(sid, info.handle.clone());
+            // A sid of another shape is no session: the engine answers 400, nothing to keep.
+            let Ok(engine_sid) = sid.parse::<Sid>() else {
+                return next.run(req).await;
+            };
+            let handle = req
+                .extensions()
+                .get::<ConnectInfo<ConnInfo>>()
+                .map(|ConnectInfo(info)| info.handle.clone());
+            let res = next.run(req).await;
+            // Recorded only once the engine accepted the upgrade; the engine checks that the
+            // session exists after the 101, and closes the connection if not: such entries
+            // are swept out with their closed connections.
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(handle) = handle
+            {
+                lock(&drain.upgraded).record(engine_sid, handle);
             }
-            next.run(req).await
+            res
         }
-        Some("polling") if drain.is_closing(&sid) => {
-            if req.method() == Method::GET {
-                engine_close()
-            } else {
-                session_unknown()
+        Some("polling") => {
+            if drain.is_closing(&sid) {
+                return if req.method() == Method::GET {
+                    engine_close()
+                } else {
+                    session_unknown()
+                };
             }
-        }
-        Some("polling") if req.method() == Method::GET => {
+            if drain.has_websocket(&sid) {
+                tokio::time::sleep(UPGRADE_SETTLE).await;
+            }
+            if req.method() != Method::GET {
+                return next.run(req).await;
+            }
             let node = node.clone();
             tokio::select! {
                 res = next.run(req) => res,
@@ -153,7 +226,7 @@ fn connection_of<A: Adapter>(
     sid: &str,
     socket: &SocketRef<A>,
 ) -> Option<ConnHandle> {
-    if let Some(h) = lock(&node.drain.upgraded).get(sid) {
+    if let Some(h) = lock(&node.drain.upgraded).open(sid) {
         return Some(h.clone());
     }
     socket
@@ -312,6 +385,31 @@ mod tests {
         assert_eq!(query_param(q, "sid"), Some("AAAABBBBCCCCDDDD"));
         assert_eq!(query_param(q, "transport"), Some("polling"));
         assert_eq!(query_param(q, "nope"), None);
+    }
+
+    #[test]
+    fn upgraded_connections_are_swept_once_closed() {
+        let mut u = Upgraded::default();
+        let live: Vec<(Sid, ConnHandle)> = (0..100)
+            .map(|_| (Sid::new(), ConnHandle::default()))
+            .collect();
+        for (sid, h) in &live {
+            u.record(*sid, h.clone());
+        }
+        // forged sessions: the engine closes their connections right after the 101
+        for _ in 0..100_000 {
+            let h = ConnHandle::default();
+            u.record(Sid::new(), h.clone());
+            h.mark_closed();
+        }
+        assert!(u.by_sid.len() <= MIN_SWEEP, "{} entries", u.by_sid.len());
+        for (sid, _) in &live {
+            assert!(u.open(&sid.to_string()).is_some());
+        }
+        let (sid, h) = &live[0];
+        h.mark_closed();
+        assert!(u.open(&sid.to_string()).is_none());
+        assert!(u.open("not a sid").is_none());
     }
 }
 

@@ -18,7 +18,7 @@ use socketioxide::socket::Socket;
 use socketioxide::{BroadcastError, ParserError, SocketIo};
 use socketioxide_core::Value;
 
-use crate::session::SocketSession;
+use crate::session::{RateVerdict, SocketSession};
 use crate::state::NodeState;
 
 /// Everything an event handler needs.
@@ -60,6 +60,17 @@ impl<A: Adapter> Ev<A> {
         {
             tracing::debug!(event = self.event, "ack not sent: {e}");
         }
+    }
+
+    /// Refuses the event at a limit: as [`Ev::fail`], and counted as `limit` in
+    /// `sio_limit_refusals_total`.
+    pub fn fail_at_limit(self, limit: &str, code: &str, message: impl Into<String>) {
+        self.node
+            .metrics
+            .limit_refusals
+            .with_label_values(&[limit])
+            .inc();
+        self.fail(code, message);
     }
 
     /// Refuses the event: error ack when asked for, else an `error` event; counted.
@@ -149,13 +160,39 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     fn call(&self, s: Arc<Socket<A>>, mut v: Value, ack_id: Option<i64>) {
-        let Ok(TryData(data)) = TryData::<T>::from_message_parts(&s, &mut v, &ack_id);
-        let Ok(ack) = AckSender::<A>::from_message_parts(&s, &mut v, &ack_id);
+        let bytes = value_bytes(&v);
         self.node
             .metrics
             .events_received
             .with_label_values(&[s.ns()])
             .inc();
+        let config = &self.node.config;
+        let verdict = self
+            .session
+            .take_event_token(config.event_rate, config.event_burst);
+        if verdict != RateVerdict::Allowed {
+            let Ok(ack) = AckSender::<A>::from_message_parts(&s, &mut v, &ack_id);
+            refuse(
+                &self.node,
+                &SocketRef::from(s.clone()),
+                ack,
+                ack_id.is_some(),
+                self.event,
+                ("event_rate", "rate_limited"),
+                format!(
+                    "more than {} events per second (bursts of {}); slow down",
+                    config.event_rate, config.event_burst
+                ),
+            );
+            if verdict == RateVerdict::Disconnect {
+                self.node.metrics.rate_limit_disconnects.inc();
+                tracing::info!(sid = %s.id, user = self.session.user.as_str(), "socket disconnected: over the event rate for too long");
+                let _ = SocketRef::from(s).disconnect();
+            }
+            return;
+        }
+        let Ok(TryData(data)) = TryData::<T>::from_message_parts(&s, &mut v, &ack_id);
+        let Ok(ack) = AckSender::<A>::from_message_parts(&s, &mut v, &ack_id);
         let ev = Ev {
             socket: SocketRef::from(s.clone()),
             io: self.io.clone(),
@@ -165,23 +202,57 @@ where
             ack,
             wants_ack: ack_id.is_some(),
         };
-        if let Err(full) = self.session.queue.push((self.f)(ev, data)) {
-            self.node
-                .metrics
-                .event_errors
-                .with_label_values(&[s.ns(), "overloaded"])
-                .inc();
+        if let Err(full) =
+            self.session
+                .queue
+                .push((self.f)(ev, data), bytes, config.max_pending_bytes)
+        {
             let Ok(ack) = AckSender::<A>::from_message_parts(&s, &mut v, &ack_id);
-            send_error(
+            refuse(
+                &self.node,
                 &SocketRef::from(s),
                 ack,
                 ack_id.is_some(),
                 self.event,
-                "overloaded",
+                (full.limit(), "overloaded"),
                 full.to_string(),
             );
         }
     }
+}
+
+/// Bytes of an event as it came (its text and binary attachments).
+fn value_bytes(v: &Value) -> u64 {
+    let n = match v {
+        Value::Str(text, bins) => {
+            text.len() + bins.as_ref().map_or(0, |b| b.iter().map(|b| b.len()).sum())
+        }
+        Value::Bytes(b) => b.len(),
+    };
+    n as u64
+}
+
+/// Refuses an event at a limit before it is queued: counted as `limit` in
+/// `sio_limit_refusals_total` and as `code` in `sio_event_errors_total`.
+fn refuse<A: Adapter>(
+    node: &NodeState,
+    socket: &SocketRef<A>,
+    ack: AckSender<A>,
+    wants_ack: bool,
+    event: &str,
+    (limit, code): (&str, &str),
+    message: String,
+) {
+    node.metrics
+        .limit_refusals
+        .with_label_values(&[limit])
+        .inc();
+    node.metrics
+        .event_errors
+        .with_label_values(&[socket.ns(), code])
+        .inc();
+    tracing::debug!(event, code, limit, sid = %socket.id, "event refused at a limit");
+    send_error(socket, ack, wants_ack, event, code, message);
 }
 
 /// Registers `f` for `event` on `socket`, run in order on the socket's queue.

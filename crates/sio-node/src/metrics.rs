@@ -6,6 +6,16 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `limit` label values of `sio_limit_refusals_total`.
+pub const LIMITS: [&str; 6] = [
+    "rooms_per_socket",
+    "rooms_per_user",
+    "pending_events",
+    "pending_bytes",
+    "event_rate",
+    "chat_bytes",
+];
+
 /// Every metric a node exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -47,6 +57,15 @@ pub struct Metrics {
     /// Rooms of a user's set no longer allowed by the token or the hook at a reconnect,
     /// dropped from the set.
     pub restored_rooms_dropped: IntCounter,
+    /// Client requests refused because they would pass a limit, by limit (see [`LIMITS`]).
+    pub limit_refusals: IntCounterVec,
+    /// Sockets disconnected because they stayed over `--event-rate`.
+    pub rate_limit_disconnects: IntCounter,
+    /// Heartbeat rounds (registry, leases, presence) that took longer than a third of
+    /// `--lease-ttl`.
+    pub heartbeat_slow: IntCounter,
+    /// Duration of heartbeat rounds.
+    pub heartbeat_duration: Histogram,
     /// 1 while the node should get new handshakes.
     pub ready: IntGauge,
     /// 1 once the node is draining.
@@ -233,6 +252,45 @@ impl Metrics {
         ] {
             reg(c);
         }
+        let limit_refusals = IntCounterVec::new(
+            Opts::new(
+                "sio_limit_refusals_total",
+                "Client requests refused because they would pass a limit, by limit",
+            ),
+            &["limit"],
+        )
+        .expect("metric");
+        let rate_limit_disconnects = IntCounter::new(
+            "sio_rate_limit_disconnects_total",
+            "Sockets disconnected because they stayed over --event-rate",
+        )
+        .expect("metric");
+        let heartbeat_slow = IntCounter::new(
+            "sio_heartbeat_slow_total",
+            "Heartbeat rounds (registry, leases, presence) longer than a third of --lease-ttl",
+        )
+        .expect("metric");
+        let heartbeat_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sio_heartbeat_duration_seconds",
+                "Duration of heartbeat rounds (registry, leases, presence)",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("metric");
+        for c in [
+            Box::new(limit_refusals.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limit_disconnects.clone()),
+            Box::new(heartbeat_slow.clone()),
+            Box::new(heartbeat_duration.clone()),
+        ] {
+            reg(c);
+        }
+        for limit in LIMITS {
+            limit_refusals.with_label_values(&[limit]);
+        }
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -283,6 +341,10 @@ impl Metrics {
             join_hook_cache_hits,
             join_hook_duration,
             restored_rooms_dropped,
+            limit_refusals,
+            rate_limit_disconnects,
+            heartbeat_slow,
+            heartbeat_duration,
             ready,
             draining,
         }

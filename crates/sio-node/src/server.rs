@@ -121,6 +121,11 @@ pub async fn run(
     serve::<ClusterAdapter>(node, ctr, listener, shutdown, Some(cluster)).await
 }
 
+/// Binary attachments one event may carry.
+pub const MAX_ATTACHMENTS: usize = 64;
+/// Time the attachments of a binary event have to arrive after it.
+pub const ATTACHMENTS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long cross-node requests (rooms, fetch sockets, acks, notification counts) wait for
 /// every node to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -204,6 +209,14 @@ where
         .ws_read_buffer_size(c.ws_read_buffer)
         .ws_max_message_size(max_payload as usize)
         .ws_max_frame_size(max_payload as usize)
+        // A binary event's attachments are buffered until the last one arrives: all of them
+        // together within --max-payload, a few of them, and not waited for long.
+        .with_parser(
+            socketioxide::ParserConfig::common()
+                .max_incoming_binary_buf_size(max_payload as usize)
+                .max_incoming_binaries(MAX_ATTACHMENTS)
+                .packet_completion_timeout(ATTACHMENTS_TIMEOUT),
+        )
         .with_state(node.clone());
     // The admin UI (off in conformance mode and without credentials): see `crate::admin`.
     let admin = (!c.conformance && c.admin.enabled()).then(|| admin::Admin::new(&c.admin));
@@ -570,6 +583,7 @@ async fn heartbeat_loop<A: Adapter>(
 ) {
     let every = node.config.lease_ttl / 3;
     loop {
+        let started = Instant::now();
         let info = stats::local_info(&node, &io);
         if let Err(e) = node.store.heartbeat(&info, node.config.lease_ttl).await {
             tracing::warn!("registry heartbeat failed: {e}");
@@ -578,7 +592,15 @@ async fn heartbeat_loop<A: Adapter>(
         if let Err(e) = node.store.refresh_leases(&leases).await {
             tracing::warn!("lease renewal failed: {e}");
         }
-        match node.store.expire_presence().await {
+        // Only this node's rooms: its heartbeat never grows with the cluster's rooms.
+        let rooms: Vec<String> = leases
+            .memberships
+            .iter()
+            .map(|m| m.room.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match node.store.expire_presence(&rooms).await {
             Ok(gone) => {
                 for (room, user) in gone {
                     tracing::info!(
@@ -590,6 +612,18 @@ async fn heartbeat_loop<A: Adapter>(
                 }
             }
             Err(e) => tracing::warn!("presence sweep failed: {e}"),
+        }
+        let took = started.elapsed();
+        node.metrics.heartbeat_duration.observe(took.as_secs_f64());
+        if took > every {
+            node.metrics.heartbeat_slow.inc();
+            tracing::warn!(
+                took = ?took,
+                limit = ?every,
+                rooms = rooms.len(),
+                sockets = leases.sockets.len(),
+                "heartbeat round took longer than a third of --lease-ttl; leases are at risk"
+            );
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -57,11 +57,6 @@ impl Keys {
         format!("{}{}", self.presence_sockets_prefix(room), user)
     }
 
-    /// Set: rooms that have presence entries (what the expiry sweep walks).
-    pub fn presence_rooms(&self) -> String {
-        format!("{}:presence:rooms", self.prefix)
-    }
-
     /// Sorted set: node ids, score = registry lease expiry (ms).
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

@@ -43,15 +43,16 @@
 //! | `{p}:user:{<user>}:notifications` | stream | the user's notifications (`message`, `timestamp`), `MAXLEN ~ --notification-maxlen`; 30 days TTL |
 //! | `{p}:presence:{<room>}:users` | sorted set | users present in the room, score latest lease expiry |
 //! | `{p}:presence:{<room>}:sockets:<user>` | sorted set | the user's sockets in the room, score lease expiry |
-//! | `{p}:presence:rooms` | set | rooms with presence entries (walked by the expiry sweep) |
 //! | `{p}:nodes` | sorted set | node ids, score registry lease expiry (ms) |
 //! | `{p}:nodes:info` | hash | node id -> JSON [`NodeInfo`] (`id`, `addr`, `draining`, `connections`, …) |
 //!
 //! `<user>` and `<room>` sit inside `{…}` hash tags (with `{`, `}` and `%` escaped) so the keys
 //! of one room, or of one user, share a Redis Cluster slot and scripts can update them
 //! atomically. Leases are renewed every third of `--lease-ttl`; when a node dies its entries
-//! expire, and the presence sweep (every node, every heartbeat) removes them and emits
-//! `presence {online: false}` once per user and room.
+//! expire, and the presence sweep removes them and emits `presence {online: false}` once per
+//! user and room: every node sweeps, every heartbeat, the rooms of its own sockets only (so
+//! its work follows its own rooms, never the cluster's); a room without a live member has
+//! nobody to tell, and its keys expire with their last lease.
 //!
 //! # Notifications
 //!

@@ -210,13 +210,7 @@ impl RedisStore {
             .join
             .evalsha_with_reload(&self.client, keys, args)
             .await;
-        let first = self.count(r)? == 1;
-        let r: Result<(), _> = self
-            .client
-            .sadd(self.keys.presence_rooms(), m.room.as_str())
-            .await;
-        self.count(r)?;
-        Ok(first)
+        Ok(self.count(r)? == 1)
     }
 
     pub(crate) async fn presence_leave(&self, m: &Membership) -> StoreResult<bool> {
@@ -248,41 +242,21 @@ impl RedisStore {
         Ok(users)
     }
 
-    pub(crate) async fn expire_presence(&self) -> StoreResult<Vec<(String, String)>> {
-        let r: Result<Vec<String>, _> = self.client.smembers(self.keys.presence_rooms()).await;
-        let rooms = self.count(r)?;
+    pub(crate) async fn expire_presence(
+        &self,
+        rooms: &[String],
+    ) -> StoreResult<Vec<(String, String)>> {
         let now = now_ms().to_string();
         let mut gone = Vec::new();
         for room in rooms {
-            let users_key = self.keys.presence_users(&room);
-            let keys = vec![users_key.clone()];
-            let args = vec![now.clone(), self.keys.presence_sockets_prefix(&room)];
+            let keys = vec![self.keys.presence_users(room)];
+            let args = vec![now.clone(), self.keys.presence_sockets_prefix(room)];
             let r: Result<Vec<String>, _> = self
                 .sweep
                 .evalsha_with_reload(&self.client, keys, args)
                 .await;
             for user in self.count(r)? {
                 gone.push((room.clone(), user));
-            }
-            let r: Result<u64, _> = self.client.zcard(&users_key).await;
-            if self.count(r)? == 0 {
-                let r: Result<(), _> = self
-                    .client
-                    .srem(self.keys.presence_rooms(), room.as_str())
-                    .await;
-                self.count(r)?;
-                // A join that ran between the ZCARD and the SREM listed the room before the
-                // SREM (a no-op: it was still listed), so the room is now unlisted with a
-                // user in it, and no sweep would ever report that user offline. Look again
-                // and list it back; a join after this look lists it after the SREM itself.
-                let r: Result<u64, _> = self.client.zcard(&users_key).await;
-                if self.count(r)? > 0 {
-                    let r: Result<(), _> = self
-                        .client
-                        .sadd(self.keys.presence_rooms(), room.as_str())
-                        .await;
-                    self.count(r)?;
-                }
             }
         }
         Ok(gone)

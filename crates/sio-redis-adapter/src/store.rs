@@ -129,12 +129,14 @@ impl Store {
         }
     }
 
-    /// Removes memberships whose lease expired (their node died) and returns the
-    /// `(room, user)` pairs that went offline because of it.
-    pub async fn expire_presence(&self) -> StoreResult<Vec<(String, String)>> {
+    /// Removes the memberships of `rooms` whose lease expired (their node died) and returns
+    /// the `(room, user)` pairs that went offline because of it. A node passes the rooms of
+    /// its own sockets: its work grows with them, not with the cluster's rooms, and a room
+    /// with no live member anywhere has nobody to tell (its entries expire with their key).
+    pub async fn expire_presence(&self, rooms: &[String]) -> StoreResult<Vec<(String, String)>> {
         match self {
             Store::Memory(_) => Ok(Vec::new()),
-            Store::Redis(r) => r.expire_presence().await,
+            Store::Redis(r) => r.expire_presence(rooms).await,
         }
     }
 
