@@ -27,6 +27,19 @@
 //!  wait for n-1 answers  ◀──────────────  {p}-response#/#{A}#  ◀──────  SPUBLISH [id, data]
 //! ```
 //!
+//! With `--adapter-routing rooms` (the default) a broadcast to rooms of namespace `/` skips
+//! the request channel: it is published on each target room's channel, which only nodes with
+//! local members subscribe to ([`routing`] describes the channels, the subscription life
+//! cycle, the race handling and why per-room channels rather than hashed partitions):
+//!
+//! ```text
+//!  node A: io.to("r").emit(..)                 Redis                   node B (member of r)
+//!  SPUBLISH {p}-room#/#r msgpack(req)  ──▶  shard of the channel  ──▶  local broadcast to "r"
+//!                                                                     (node C, no member: nothing)
+//!  node B: join-room "r" (first local member)
+//!  SSUBSCRIBE {p}-room#/#r, wait for Redis's answer, then join and acknowledge
+//! ```
+//!
 //! # Keys and channels (prefix `{p}`, `--redis-prefix`, default `sio`)
 //!
 //! | name | type | content |
@@ -34,6 +47,7 @@
 //! | `{p}-request#{ns}#` | shard channel | adapter requests to every node (socketioxide-redis, msgpack) |
 //! | `{p}-request#{ns}#{uid}#` | shard channel | adapter requests to node `uid` |
 //! | `{p}-response#{ns}#{uid}#` | shard channel | answers to node `uid`'s requests |
+//! | `{p}-room#{ns}#{room}` | shard channel | broadcasts to `room` (same msgpack request), subscribed while the node has local members of the room ([`routing`]) |
 //! | `{p}:notify` | shard channel | notifications to deliver live (JSON `{user, notification, origin, req}`) |
 //! | `{p}:notify-reply:{uid}` | shard channel | delivery counts for node `uid` (JSON `{req, delivered}`) |
 //! | `{p}:admin` | shard channel | admin UI requests to every node: list sockets, apply a command (JSON, sio-node `admin::bus`) |
@@ -66,6 +80,7 @@ pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod redis_store;
+pub mod routing;
 pub mod store;
 pub mod types;
 
@@ -74,6 +89,7 @@ pub use driver::SioDriver;
 pub use error::{StoreError, StoreResult};
 pub use keys::Keys;
 pub use notify::NotifyBus;
+pub use routing::{RoomRouting, Routing};
 pub use store::{LocalLeases, Membership, Store};
 pub use types::{NodeInfo, Notification, SocketEntry};
 
