@@ -154,6 +154,8 @@ fn nodes_survive_a_redis_restart() {
     }
 }
 
+/// Three masters: the request, response and room channels (`--adapter-routing rooms`, the
+/// default) spread over the shards by slot; SSUBSCRIBE and SPUBLISH follow them.
 #[test]
 fn rooms_cross_nodes_on_redis_cluster_with_sharded_pubsub() {
     let servers = RedisClusterServers::start("redis-cluster");
