@@ -72,29 +72,52 @@
 //! See [`notify`]: stored with `XADD … MAXLEN ~`, delivered live through `{p}:notify`, the
 //! delivery count summed from every node's answer, replayed with `XRANGE (<last id> +`.
 
+//!
+//! # Features
+//!
+//! `adapter` (default): everything above. Without it the crate builds only the key names,
+//! the plain types and the node registry reader ([`registry`]), without socketioxide: what
+//! sio-proxy needs to find the nodes, from the one definition of the registry.
+
+#[cfg(feature = "adapter")]
 pub mod cluster;
+#[cfg(feature = "adapter")]
 pub mod driver;
 pub mod error;
 pub mod keys;
+#[cfg(feature = "adapter")]
 pub mod memory;
+#[cfg(feature = "adapter")]
 pub mod metrics;
+#[cfg(feature = "adapter")]
 pub mod notify;
+#[cfg(feature = "adapter")]
 pub mod redis_store;
+pub mod registry;
+#[cfg(feature = "adapter")]
 pub mod routing;
+#[cfg(feature = "adapter")]
 pub mod store;
 pub mod types;
 
+#[cfg(feature = "adapter")]
 pub use cluster::{RedisCluster, RedisSettings};
+#[cfg(feature = "adapter")]
 pub use driver::SioDriver;
 pub use error::{StoreError, StoreResult};
 pub use keys::Keys;
+#[cfg(feature = "adapter")]
 pub use notify::NotifyBus;
+#[cfg(feature = "adapter")]
 pub use routing::{RoomRouting, Routing};
+#[cfg(feature = "adapter")]
 pub use store::{LocalLeases, Membership, Store};
 pub use types::{NodeInfo, Notification, SocketEntry};
 
 /// The socketioxide adapter of a clustered node.
+#[cfg(feature = "adapter")]
 pub type ClusterAdapter =
     socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, SioDriver>;
 
+#[cfg(feature = "adapter")]
 pub use socketioxide_redis::RedisAdapterCtr;
