@@ -40,6 +40,13 @@
 //! entry in the table and is counted as wasted. A node that restarts starts with a new
 //! connection and an empty table; the subscriptions of its old connection ended with it.
 //!
+//! Limit: socketioxide's own ways of putting a socket in a room from outside its handlers
+//! (`io.to(a).join(b)`, `fetch_sockets()` then `join`) update the local adapter without the
+//! driver knowing, so in a routed namespace they would not subscribe the room's channel.
+//! sio-node never uses them in `/`: its joins (the `join-room` event, rooms restored on
+//! connect, the admin UI's join command) all go through
+//! [`SioDriver::join_room`](crate::SioDriver::join_room).
+//!
 //! # What is routed
 //!
 //! Only plain broadcasts (`Broadcast`, no acks) to one or more rooms of a routed namespace,
