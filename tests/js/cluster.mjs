@@ -69,6 +69,32 @@ main({
     closeAll(members, outsider);
   },
 
+  // Members of one room on nodes 1 and 2 only (URLS has 4 nodes), a socket in no room on
+  // node 3, nobody on node 4: every message reaches each member once, in order, and nobody
+  // else. Then a socket joins on node 4 and a message sent right after its join was
+  // acknowledged reaches it. (The test reads each node's adapter metrics around this.)
+  async room_interest() {
+    const room = uniq("interest");
+    const members = [await on(0, uniq("i0")), await on(1, uniq("i1"))];
+    const idle = await on(2, uniq("idle"));
+    const got = members.map((s) => collect(s, "room-message"));
+    const gotIdle = collect(idle, "room-message");
+    for (const s of members) assert.deepEqual(await ack(s, "join-room", room), { ok: true, room });
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push((await ack(members[i % 2], "room-message", { room, text: `m${i}` })).id);
+    await waitFor(() => got.every((g) => g.length >= 5), 5000, "5 room-messages at each member");
+    const late = await on(3, uniq("late"));
+    const gotLate = collect(late, "room-message");
+    assert.deepEqual(await ack(late, "join-room", room), { ok: true, room });
+    const right = await ack(members[0], "room-message", { room, text: "right after the join" });
+    await waitFor(() => gotLate.length >= 1 && got.every((g) => g.length >= 6), 5000, "the message right after the join");
+    await sleep(300); // duplicates would have arrived by now
+    for (const g of got) assert.deepEqual(g.map((m) => m.id), [...ids, right.id], "each once, in order");
+    assert.deepEqual(gotLate.map((m) => m.id), [right.id], "the late member gets the message sent right after its join");
+    assert.equal(gotIdle.length, 0, "a socket in no room gets nothing");
+    closeAll(...members, idle, late);
+  },
+
   // The HTTP API emits with acks to a room whose members sit on every node.
   async acks() {
     const room = uniq("acks");

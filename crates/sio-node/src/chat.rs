@@ -104,9 +104,30 @@ pub async fn middleware<A: Adapter>(
     );
     socket.on_disconnect(on_disconnect::<A>);
 
+    // Subscribed before the CONNECT is acknowledged: nothing sent to these rooms afterwards
+    // can miss this node.
+    let channels = futures::future::join_all(
+        rooms
+            .iter()
+            .map(|room| node.room_channels.join(NAMESPACE, room)),
+    )
+    .await;
+    if let Some(Err(e)) = channels.iter().find(|r| r.is_err()) {
+        let e = e.clone();
+        for (room, joined) in rooms.iter().zip(&channels) {
+            if joined.is_ok() {
+                node.room_channels.leave(NAMESPACE, room).await;
+            }
+        }
+        return Err(ConnectRefused::Unavailable(format!(
+            "rooms not restored: {e}"
+        )));
+    }
     for room in &rooms {
         socket.join(room.clone());
-        session.add_room(room);
+        if !session.add_room(room) {
+            node.room_channels.leave(NAMESPACE, room).await;
+        }
     }
     socket.extensions.insert(session);
     Ok(())
@@ -233,6 +254,7 @@ async fn on_disconnect<A: Adapter>(
         let user = s.user.as_str();
         let sid = socket.id.to_string();
         for room in s.take_rooms() {
+            node.room_channels.leave(NAMESPACE, &room).await;
             let m = Membership {
                 room: room.clone(),
                 user: user.to_owned(),
@@ -375,11 +397,20 @@ async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parser
         Ok(_) => {}
         Err(e) => return ev.fail("unavailable", format!("could not join {room:?}: {e}")),
     }
+    // The room's channel is subscribed before the socket joins and the join is
+    // acknowledged, so a message sent right after the acknowledgement reaches it.
+    if let Err(e) = ev.node.room_channels.join(NAMESPACE, &room).await {
+        return ev.fail("unavailable", format!("could not join {room:?}: {e}"));
+    }
     if let Err(e) = ev.node.store.add_user_room(&user, &room).await {
+        ev.node.room_channels.leave(NAMESPACE, &room).await;
         return ev.fail("unavailable", format!("could not join {room:?}: {e}"));
     }
     ev.socket.join(room.clone());
-    ev.session.add_room(&room);
+    if !ev.session.add_room(&room) {
+        // joined meanwhile (an admin command): one channel membership per socket and room
+        ev.node.room_channels.leave(NAMESPACE, &room).await;
+    }
     let joined = MemberEvent {
         user_id: &user,
         room: &room,
@@ -412,7 +443,9 @@ async fn leave_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parse
         return ev.fail("unavailable", format!("could not leave {room:?}: {e}"));
     }
     ev.socket.leave(room.clone());
-    ev.session.remove_room(&room);
+    if ev.session.remove_room(&room) {
+        ev.node.room_channels.leave(NAMESPACE, &room).await;
+    }
     let left = MemberEvent {
         user_id: &user,
         room: &room,

@@ -91,6 +91,25 @@ pub enum RoomAuth {
     Open,
 }
 
+/// How the cross-node adapter publishes broadcasts to rooms (`--adapter-routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdapterRouting {
+    /// On each room's own channel: only nodes with members of the room receive it.
+    Rooms,
+    /// On the namespace's request channel: every node receives and decodes every room
+    /// message (the first release's routing, kept to compare and to fall back to).
+    Broadcast,
+}
+
+impl From<AdapterRouting> for sio_redis_adapter::Routing {
+    fn from(r: AdapterRouting) -> Self {
+        match r {
+            AdapterRouting::Rooms => Self::Rooms,
+            AdapterRouting::Broadcast => Self::Broadcast,
+        }
+    }
+}
+
 /// A transport clients may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Transport {
@@ -139,6 +158,13 @@ pub struct Config {
     /// Prefix of every Redis key and channel this node uses.
     #[arg(long, env = "SIO_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
+
+    /// How room broadcasts travel between nodes: `rooms` publishes a room message on the
+    /// room's own channel, which only nodes with local members of the room subscribe to;
+    /// `broadcast` publishes it on the namespace's channel that every node reads. Nodes of
+    /// either routing can share a cluster (every node subscribes to its rooms' channels).
+    #[arg(long, env = "SIO_ADAPTER_ROUTING", value_enum, default_value_t = AdapterRouting::Rooms)]
+    pub adapter_routing: AdapterRouting,
 
     /// How clients authenticate on connect.
     #[arg(long, env = "SIO_AUTH", value_enum, default_value_t = AuthMode::Jwt)]

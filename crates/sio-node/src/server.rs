@@ -20,14 +20,15 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use sio_redis_adapter::{
-    ClusterAdapter, NotifyBus, RedisAdapterCtr, RedisCluster, RedisSettings, SioDriver, Store,
+    ClusterAdapter, NotifyBus, RedisAdapterCtr, RedisCluster, RedisSettings, RoomRouting,
+    SioDriver, Store,
 };
 
 use crate::api::{self, Api};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Transport};
 use crate::metrics::Metrics;
-use crate::state::{NodeState, Rates, Readiness};
+use crate::state::{NodeState, Rates, Readiness, RoomChannels};
 use crate::{admin, chat, conformance, dashboard, drain, notifications, stats};
 
 /// Why a node could not start or stopped with an error.
@@ -93,7 +94,14 @@ pub async fn run(
     let Some(url) = config.redis_url.as_ref().map(|u| u.expose().to_owned()) else {
         let store = Store::memory(config.notification_maxlen);
         let subscribed = Arc::new(AtomicBool::new(true));
-        let node = new_state(config, &listener, store, subscribed, metrics)?;
+        let node = new_state(
+            config,
+            &listener,
+            store,
+            RoomChannels::default(),
+            subscribed,
+            metrics,
+        )?;
         return serve::<LocalAdapter>(node, (), listener, shutdown, None).await;
     };
     let settings = RedisSettings {
@@ -102,17 +110,20 @@ pub async fn run(
         lease: config.lease_ttl,
         notification_maxlen: config.notification_maxlen,
         request_timeout: REQUEST_TIMEOUT,
+        routing: RoomRouting::new(config.adapter_routing.into(), [chat::NAMESPACE]),
     };
     let cluster = RedisCluster::connect(&settings, metrics.registry()).await?;
     tracing::info!(
         redis = %sio_redis_adapter::cluster::redact(&settings.url),
         prefix = %settings.prefix,
+        routing = %settings.routing.mode,
         "connected to Redis"
     );
     let node = new_state(
         config,
         &listener,
         cluster.store.clone(),
+        RoomChannels::redis(cluster.driver.clone()),
         cluster.driver.subscribed(),
         metrics,
     )?;
@@ -134,6 +145,7 @@ fn new_state(
     config: Config,
     listener: &TcpListener,
     store: Store,
+    room_channels: RoomChannels,
     subscribed: Arc<AtomicBool>,
     metrics: Metrics,
 ) -> Result<Arc<NodeState>, NodeError> {
@@ -151,6 +163,7 @@ fn new_state(
         expiry: crate::expiry::ExpiryTimers::default(),
         metrics,
         store,
+        room_channels,
         readiness: Readiness::new(subscribed),
         started: Instant::now(),
         started_at_ms: sio_redis_adapter::types::now_ms(),

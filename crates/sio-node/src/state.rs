@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use sio_redis_adapter::{Notification, Store};
+use sio_redis_adapter::{Notification, SioDriver, Store};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -56,6 +56,35 @@ impl Readiness {
     }
 }
 
+/// The node's subscriptions to room channels (see `sio_redis_adapter::routing`): a socket
+/// joins a room only after [`RoomChannels::join`] returned, and every successful join is
+/// paired with one [`RoomChannels::leave`]. A standalone node has no channels.
+#[derive(Debug, Clone, Default)]
+pub struct RoomChannels(Option<SioDriver>);
+
+impl RoomChannels {
+    /// Channels of the cross-node driver.
+    pub fn redis(driver: SioDriver) -> Self {
+        Self(Some(driver))
+    }
+
+    /// Subscribes to `room`'s channel if it is the room's first local member; returns once
+    /// Redis confirmed, or why it could not.
+    pub async fn join(&self, ns: &str, room: &str) -> Result<(), String> {
+        match &self.0 {
+            Some(d) => d.join_room(ns, room).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// One local member of `room` fewer; the last one out unsubscribes.
+    pub async fn leave(&self, ns: &str, room: &str) {
+        if let Some(d) = &self.0 {
+            d.leave_room(ns, room).await;
+        }
+    }
+}
+
 /// Delivers a stored notification to the user's sockets on every node and returns how many
 /// sockets got it; set by the server once the Socket.IO instance exists.
 pub type NotificationFanout = Arc<
@@ -88,6 +117,8 @@ pub struct NodeState {
     pub metrics: Metrics,
     /// Shared state (memory or Redis).
     pub store: Store,
+    /// Room channels subscribed for local members.
+    pub room_channels: RoomChannels,
     /// Readiness flags.
     pub readiness: Readiness,
     /// Start time, for uptime.

@@ -2,22 +2,17 @@
 //! re-resolved every round (`--backends-dns`, a Kubernetes headless Service), and the nodes'
 //! Redis registry (`--backends-redis`).
 //!
-//! Registry format (written by the nodes): sorted set `{prefix}:nodes`, member = node id,
-//! score = lease expiry in unix epoch milliseconds; hash `{prefix}:nodes:info`, field = node
-//! id, value = JSON `{"id","addr","draining","connections","version"}`. Live nodes are
-//! `ZRANGEBYSCORE {prefix}:nodes <now_ms> +inf`, then `HMGET {prefix}:nodes:info id...`.
+//! Registry format: `sio_redis_adapter::registry` (sorted set `{prefix}:nodes` of leases,
+//! hash `{prefix}:nodes:info` of JSON `NodeInfo`), the one definition the nodes write with;
+//! this crate builds it without default features (no socketioxide).
 //!
 //! A source that fails keeps its last known result, so a Redis or DNS outage changes nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use fred::prelude::{
-    Builder, Client, ClientLike, Config as RedisConfig, HashesInterface, ReconnectPolicy,
-    SortedSetsInterface,
-};
-use serde::Deserialize;
+use fred::prelude::{Builder, Client, ClientLike, Config as RedisConfig, ReconnectPolicy};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -28,19 +23,11 @@ use crate::metrics::Metrics;
 /// Longest time one source may take in one round.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One node's entry in `{prefix}:nodes:info`.
-#[derive(Debug, Deserialize)]
-struct NodeInfo {
-    addr: String,
-    #[serde(default)]
-    draining: bool,
-}
-
-/// The node registry in Redis.
+/// The node registry in Redis (format and reader: `sio_redis_adapter::registry`, the one
+/// definition the nodes write with).
 pub struct RedisRegistry {
     client: Client,
-    nodes_key: String,
-    info_key: String,
+    keys: sio_redis_adapter::Keys,
 }
 
 impl RedisRegistry {
@@ -54,36 +41,14 @@ impl RedisRegistry {
         let _connection_task = client.connect();
         Ok(RedisRegistry {
             client,
-            nodes_key: format!("{prefix}:nodes"),
-            info_key: format!("{prefix}:nodes:info"),
+            keys: sio_redis_adapter::Keys::new(prefix),
         })
     }
 
-    /// The live nodes: lease not expired, info present and parseable.
+    /// The live nodes (`addr`, `draining`): lease not expired, info present and parseable.
     pub async fn live_nodes(&self) -> Result<Vec<(String, bool)>, DiscoveryError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let ids: Vec<String> = self
-            .client
-            .zrangebyscore(&self.nodes_key, now_ms, "+inf".to_owned(), false, None)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let infos: Vec<Option<String>> = self.client.hmget(&self.info_key, ids.clone()).await?;
-        let mut nodes = Vec::with_capacity(ids.len());
-        for (id, info) in ids.iter().zip(infos) {
-            let Some(info) = info else {
-                tracing::debug!(node = %id, "registry lease without info; skipped");
-                continue;
-            };
-            match serde_json::from_str::<NodeInfo>(&info) {
-                Ok(node) => nodes.push((node.addr, node.draining)),
-                Err(e) => tracing::warn!(node = %id, error = %e, "unreadable registry entry"),
-            }
-        }
-        Ok(nodes)
+        let nodes = sio_redis_adapter::registry::live_nodes(&self.client, &self.keys).await?;
+        Ok(nodes.into_iter().map(|n| (n.addr, n.draining)).collect())
     }
 }
 
@@ -230,7 +195,9 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use fred::prelude::KeysInterface;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use fred::prelude::{KeysInterface, SortedSetsInterface};
 
     use super::*;
 
@@ -323,6 +290,44 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .expect("time")
             .as_millis() as f64;
+        // written by a node's own registration, plus an expired lease and a lease without info
+        let node = sio_redis_adapter::RedisCluster::connect(
+            &sio_redis_adapter::RedisSettings {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                lease: Duration::from_secs(60),
+                notification_maxlen: 10,
+                request_timeout: Duration::from_secs(2),
+                routing: sio_redis_adapter::RoomRouting::default(),
+            },
+            &prometheus::Registry::new(),
+        )
+        .await
+        .expect("node connection");
+        let info = |id: &str, addr: &str, draining: bool| sio_redis_adapter::NodeInfo {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            draining,
+            connections: 3,
+            version: "0.1.0".to_owned(),
+            server_uid: String::new(),
+            started_at_ms: 0,
+            namespaces: Default::default(),
+            events_received_per_second: 0.0,
+            events_sent_per_second: 0.0,
+        };
+        let store = &node.store;
+        store
+            .heartbeat(
+                &info("live", "127.0.0.1:3001", true),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("register");
+        store
+            .heartbeat(&info("expired", "127.0.0.1:3002", false), Duration::ZERO)
+            .await
+            .expect("register");
         let nodes = format!("{prefix}:nodes");
         let info = format!("{prefix}:nodes:info");
         let _: () = writer
@@ -332,21 +337,11 @@ mod tests {
                 None,
                 false,
                 false,
-                vec![
-                    (now_ms + 60_000.0, "live"),
-                    (now_ms - 1_000.0, "expired"),
-                    (now_ms + 60_000.0, "no-info"),
-                ],
+                (now_ms + 60_000.0, "no-info"),
             )
             .await
             .expect("zadd");
-        let _: () = writer
-            .hset(&info, vec![
-                ("live", r#"{"id":"live","addr":"127.0.0.1:3001","draining":true,"connections":3,"version":"0.1.0"}"#),
-                ("expired", r#"{"id":"expired","addr":"127.0.0.1:3002","draining":false,"connections":0,"version":"0.1.0"}"#),
-            ])
-            .await
-            .expect("hset");
+        tokio::time::sleep(Duration::from_millis(5)).await; // the zero lease is in the past
         let registry =
             RedisRegistry::new(&url.parse().expect("infallible"), &prefix).expect("registry");
         let found = registry.live_nodes().await.expect("live nodes");
@@ -356,7 +351,7 @@ mod tests {
 
     #[test]
     fn reads_the_registry_json() {
-        let info: NodeInfo = serde_json::from_str(
+        let info: sio_redis_adapter::NodeInfo = serde_json::from_str(
             r#"{"id":"node-1","addr":"127.0.0.1:3001","draining":true,"connections":12,"version":"0.1.0"}"#,
         )
         .expect("json");

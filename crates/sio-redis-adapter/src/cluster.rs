@@ -11,6 +11,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::keys::Keys;
 use crate::metrics::AdapterMetrics;
 use crate::redis_store::RedisStore;
+use crate::routing::RoomRouting;
 use crate::store::Store;
 
 /// Commands fail after this long instead of queueing while Redis is away.
@@ -37,6 +38,8 @@ pub struct RedisSettings {
     pub notification_maxlen: usize,
     /// How long cross-node requests (fetch sockets, rooms, acks) wait for every node.
     pub request_timeout: Duration,
+    /// How room broadcasts are routed (`--adapter-routing`), and for which namespaces.
+    pub routing: RoomRouting,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -47,6 +50,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("lease", &self.lease)
             .field("notification_maxlen", &self.notification_maxlen)
             .field("request_timeout", &self.request_timeout)
+            .field("routing", &self.routing)
             .finish()
     }
 }
@@ -107,7 +111,13 @@ impl RedisCluster {
 
         let metrics = AdapterMetrics::new(registry);
         let keys = Keys::new(settings.prefix.clone());
-        let driver = SioDriver::start(subscriber, publisher.clone(), metrics.clone());
+        let driver = SioDriver::start(
+            subscriber,
+            publisher.clone(),
+            metrics.clone(),
+            keys.clone(),
+            settings.routing.clone(),
+        );
         let store = Store::redis(RedisStore::new(
             publisher,
             keys.clone(),
@@ -189,6 +199,7 @@ mod tests {
             lease: Duration::from_secs(15),
             notification_maxlen: 10,
             request_timeout: Duration::from_secs(2),
+            routing: RoomRouting::default(),
         };
         let debug = format!("{s:?}");
         assert!(

@@ -1,29 +1,40 @@
 //! The fred-based [`Driver`] that carries socketioxide-redis's remote-adapter protocol (and
-//! this crate's notification fan-out) over Redis sharded pub/sub.
+//! this crate's notification fan-out) over Redis sharded pub/sub, with room broadcasts routed
+//! by interest (see [`crate::routing`]).
 //!
 //! What it adds to socketioxide-redis's own fred driver:
-//! - every channel is resubscribed after Redis reconnects: the client tracks its shard
-//!   channels, and on each reconnect the watcher subscribes to them again, as fred's
-//!   `manage_subscriptions` does, retrying with exponential back-off until it succeeds;
+//! - room broadcasts of routed namespaces go to the rooms' channels (`--adapter-routing
+//!   rooms`), and the node subscribes to a room's channel while it has local members
+//!   ([`SioDriver::join_room`], [`SioDriver::leave_room`]);
+//! - every channel is resubscribed after Redis reconnects: the watcher subscribes again to
+//!   every channel the node wants (adapter channels and rooms with local members), retrying
+//!   with exponential back-off until it succeeds, then drops any subscription beyond them;
 //! - [`SioDriver::subscribed`] is false from the moment the connection drops until every
 //!   channel is subscribed again, so the node reports not ready meanwhile;
 //! - every queue is bounded: the client's broadcast buffer and one `mpsc` per channel;
 //!   overflow is counted in `sio_adapter_dropped_messages_total{queue}` and logged at most
 //!   once per [`DROP_LOG_INTERVAL`];
+//! - every adapter message received is counted as useful or wasted
+//!   (`sio_adapter_messages_handled_total`), and the subscriptions held are a gauge;
 //! - publishes go through a separate client, are counted and their failures reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Message;
+use socketioxide_core::Uid;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::keys::Keys;
 use crate::metrics::{AdapterMetrics, channel_kind};
+use crate::routing::{
+    BROADCAST, Interest, RequestHead, RoomInterest, RoomRouting, Routing, SEEN_CAPACITY, Seen,
+};
 
 /// Drops are logged at most once per this interval (they are always counted).
 pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -57,12 +68,25 @@ struct Inner {
     subscribed: Arc<AtomicBool>,
     drops_since_log: AtomicU64,
     last_drop_log: Mutex<Option<Instant>>,
+    keys: Keys,
+    routing: RoomRouting,
+    /// `{p}-room#`: every room channel starts with it.
+    room_prefix: String,
+    /// Request channel -> namespace, for the routed namespaces.
+    routed: HashMap<String, String>,
+    /// Room channels this node wants, with their members.
+    interest: RwLock<Interest>,
+    /// Multi-room requests already delivered.
+    seen: Mutex<Seen>,
+    /// This node's adapter uid, learnt from its response channel.
+    uid: OnceLock<Uid>,
 }
 
 impl std::fmt::Debug for SioDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SioDriver")
             .field("subscribed", &self.inner.subscribed.load(Ordering::Relaxed))
+            .field("routing", &self.inner.routing)
             .finish_non_exhaustive()
     }
 }
@@ -70,9 +94,20 @@ impl std::fmt::Debug for SioDriver {
 impl SioDriver {
     /// Starts the driver on connected clients: the message dispatcher and the connection
     /// watcher run until the subscriber client is dropped.
-    pub fn start(subscriber: SubscriberClient, publisher: Client, metrics: AdapterMetrics) -> Self {
+    pub fn start(
+        subscriber: SubscriberClient,
+        publisher: Client,
+        metrics: AdapterMetrics,
+        keys: Keys,
+        routing: RoomRouting,
+    ) -> Self {
         let subscribed = Arc::new(AtomicBool::new(subscriber.is_connected()));
         metrics.subscribed.set(i64::from(subscriber.is_connected()));
+        let routed = routing
+            .namespaces
+            .iter()
+            .map(|ns| (keys.request_channel(ns), ns.clone()))
+            .collect();
         let inner = Arc::new(Inner {
             subscriber,
             publisher,
@@ -81,6 +116,13 @@ impl SioDriver {
             subscribed,
             drops_since_log: AtomicU64::new(0),
             last_drop_log: Mutex::new(None),
+            room_prefix: keys.room_channel_prefix(),
+            keys,
+            routing,
+            routed,
+            interest: RwLock::new(Interest::new()),
+            seen: Mutex::new(Seen::new(SEEN_CAPACITY)),
+            uid: OnceLock::new(),
         });
         tokio::spawn(dispatch(
             Arc::downgrade(&inner),
@@ -108,33 +150,85 @@ impl SioDriver {
         &self.inner.metrics
     }
 
+    /// The routing this driver publishes with.
+    pub fn routing(&self) -> &RoomRouting {
+        &self.inner.routing
+    }
+
+    /// Room channels subscribed (or being subscribed) because of local members.
+    pub fn room_subscriptions(&self) -> usize {
+        read(&self.inner.interest).len()
+    }
+
     /// Publishes `payload` on shard channel `chan` and returns how many subscribers got it.
     pub async fn publish_counted(&self, chan: &str, payload: Vec<u8>) -> Result<u64, DriverError> {
-        let kind = channel_kind(chan);
-        match self
-            .inner
-            .publisher
-            .spublish::<u64, _, _>(chan, payload)
+        self.inner
+            .publish_bytes(chan, bytes::Bytes::from(payload))
             .await
-        {
-            Ok(n) => {
-                self.inner
-                    .metrics
-                    .published
-                    .with_label_values(&[kind])
-                    .inc();
-                Ok(n)
+    }
+
+    /// A local socket of namespace `ns` is about to join `room`: when it is the room's first
+    /// local member, subscribes to the room's channel and returns once Redis confirmed it
+    /// (so a message published after the join is acknowledged reaches this node). Call
+    /// [`SioDriver::leave_room`] exactly once for every successful call, when the socket left
+    /// the room or disconnected. On error nothing is held and the join should be refused.
+    /// No-op for namespaces that are not routed.
+    pub async fn join_room(&self, ns: &str, room: &str) -> Result<(), DriverError> {
+        let Some(request_channel) = self.inner.request_channel_of(ns) else {
+            return Ok(());
+        };
+        let chan = self.inner.keys.room_channel(ns, room);
+        let gate = {
+            let mut interest = write(&self.inner.interest);
+            let entry = interest
+                .entry(chan.clone())
+                .or_insert_with(|| RoomInterest {
+                    members: 0,
+                    request_channel: request_channel.into(),
+                    gate: Arc::new(tokio::sync::Mutex::new(false)),
+                });
+            entry.members += 1;
+            entry.gate.clone()
+        };
+        let mut subscribed = gate.lock().await;
+        if *subscribed {
+            return Ok(());
+        }
+        match self.inner.subscriber.ssubscribe(chan.as_str()).await {
+            Ok(()) => {
+                *subscribed = true;
+                self.inner.metrics.subscriptions.inc();
+                Ok(())
             }
             Err(e) => {
-                self.inner.metrics.publish_errors.inc();
+                drop(subscribed);
+                self.inner.release(&chan).await;
                 Err(e.into())
             }
         }
+    }
+
+    /// A local socket of namespace `ns` left `room` (or disconnected): after the room's last
+    /// local member, unsubscribes from its channel. No-op for namespaces that are not routed.
+    pub async fn leave_room(&self, ns: &str, room: &str) {
+        if self.inner.request_channel_of(ns).is_none() {
+            return;
+        }
+        let chan = self.inner.keys.room_channel(ns, room);
+        self.inner.release(&chan).await;
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
@@ -152,6 +246,93 @@ impl Inner {
         }
     }
 
+    /// The request channel of `ns` if its rooms are routed.
+    fn request_channel_of(&self, ns: &str) -> Option<String> {
+        let chan = self.keys.request_channel(ns);
+        self.routed.contains_key(&chan).then_some(chan)
+    }
+
+    fn kind_of(&self, chan: &str) -> &'static str {
+        if chan.starts_with(&self.room_prefix) {
+            "room"
+        } else {
+            channel_kind(chan)
+        }
+    }
+
+    /// One member fewer on `chan`; the last one out unsubscribes (under the channel's gate,
+    /// re-checking the count there: a join may have come in meanwhile).
+    async fn release(&self, chan: &str) {
+        let gate = {
+            let mut interest = write(&self.interest);
+            let Some(entry) = interest.get_mut(chan) else {
+                return;
+            };
+            entry.members = entry.members.saturating_sub(1);
+            if entry.members > 0 {
+                return;
+            }
+            entry.gate.clone()
+        };
+        let gate = &gate;
+        let mut subscribed = gate.lock().await;
+        let still_wanted = read(&self.interest)
+            .get(chan)
+            .is_some_and(|e| e.members > 0);
+        if still_wanted {
+            return;
+        }
+        if *subscribed {
+            *subscribed = false;
+            self.metrics.subscriptions.dec();
+            // A failure (Redis away) leaves a subscription the resubscription pass removes.
+            if let Err(e) = self.subscriber.sunsubscribe(chan).await {
+                tracing::debug!(chan, "room channel not unsubscribed now: {e}");
+            }
+        }
+        let mut interest = write(&self.interest);
+        if interest
+            .get(chan)
+            .is_some_and(|e| e.members == 0 && Arc::ptr_eq(&e.gate, gate))
+        {
+            interest.remove(chan);
+        }
+    }
+
+    async fn publish_bytes(&self, chan: &str, payload: bytes::Bytes) -> Result<u64, DriverError> {
+        let kind = self.kind_of(chan);
+        match self.publisher.spublish::<u64, _, _>(chan, payload).await {
+            Ok(n) => {
+                self.metrics.published.with_label_values(&[kind]).inc();
+                Ok(n)
+            }
+            Err(e) => {
+                self.metrics.publish_errors.inc();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Publishes a request: a routable room broadcast of a routed namespace goes to its
+    /// rooms' channels (with `rooms` routing), everything else to `chan`.
+    async fn publish_request(&self, chan: String, val: Vec<u8>) -> Result<(), DriverError> {
+        let payload = bytes::Bytes::from(val);
+        if self.routing.mode == Routing::Rooms
+            && let Some(ns) = self.routed.get(&chan)
+            && let Some(head) = RequestHead::decode(&payload)
+            && let Some(rooms) = head.routable_rooms()
+        {
+            let sends = rooms.iter().map(|room| {
+                let room_chan = self.keys.room_channel(ns, room);
+                let payload = payload.clone();
+                async move { self.publish_bytes(&room_chan, payload).await }
+            });
+            futures::future::try_join_all(sends).await?;
+            return Ok(());
+        }
+        self.publish_bytes(&chan, payload).await.map(|_| ())
+    }
+
     fn dropped(&self, queue: &'static str, n: u64) {
         self.metrics.dropped.with_label_values(&[queue]).inc_by(n);
         let total = self.drops_since_log.fetch_add(n, Ordering::Relaxed) + n;
@@ -167,29 +348,140 @@ impl Inner {
         }
     }
 
+    fn handled(&self, kind: &'static str, useful: bool) {
+        let outcome = if useful { "useful" } else { "wasted" };
+        self.metrics
+            .handled
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+
+    /// True if this node has a local member of one of `rooms` of the namespace whose
+    /// request channel is `request_channel` (false when its rooms are not tracked).
+    fn has_members(
+        &self,
+        request_channel: &str,
+        rooms: &[socketioxide_core::adapter::Room],
+    ) -> bool {
+        let Some(ns) = self.routed.get(request_channel) else {
+            return true;
+        };
+        let interest = read(&self.interest);
+        rooms.iter().any(|room| {
+            interest
+                .get(&self.keys.room_channel(ns, room))
+                .is_some_and(|e| e.members > 0)
+        })
+    }
+
+    /// Accounts for an adapter request received on `request_channel` (directly or through a
+    /// room channel) and says whether to hand it to the adapter.
+    fn account_request(&self, request_channel: &str, from_room: bool, data: &[u8]) -> bool {
+        let Some(head) = RequestHead::decode(data) else {
+            self.handled("other", false);
+            return true;
+        };
+        let own = self.uid.get().is_some_and(|uid| *uid == head.node_id);
+        let rooms = head.rooms();
+        let kind = match (head.r#type, rooms.is_empty()) {
+            (BROADCAST, true) => "broadcast",
+            (BROADCAST, false) => "room",
+            _ => "request",
+        };
+        if own {
+            // the adapter ignores its own requests coming back
+            self.handled(kind, false);
+            return false;
+        }
+        if from_room && rooms.len() > 1 && !lock(&self.seen).first(head.id) {
+            self.handled(kind, false);
+            return false;
+        }
+        let targeted = head.opts.as_ref().and_then(|o| o.server_id).is_some();
+        let useful = targeted || rooms.is_empty() || self.has_members(request_channel, rooms);
+        self.handled(kind, useful);
+        true
+    }
+
     fn deliver(&self, msg: Message) {
         let chan = msg.channel.to_string();
-        let kind = channel_kind(&chan);
+        let kind = self.kind_of(&chan);
         self.metrics.received.with_label_values(&[kind]).inc();
         let Some(data) = msg.value.into_owned_bytes() else {
             tracing::debug!(chan, "non-binary pub/sub message ignored");
             return;
         };
-        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = handlers.get(&chan) else {
+        let target = match kind {
+            "room" => {
+                let request_channel = read(&self.interest)
+                    .get(&chan)
+                    .map(|e| e.request_channel.clone());
+                let Some(request_channel) = request_channel else {
+                    // arrived after the last member left
+                    self.handled("room", false);
+                    return;
+                };
+                if !self.account_request(&request_channel, true, &data) {
+                    return;
+                }
+                request_channel.to_string()
+            }
+            "request" => {
+                if !self.account_request(&chan, false, &data) {
+                    return;
+                }
+                chan
+            }
+            "response" => {
+                self.handled("other", true);
+                chan
+            }
+            _ => chan,
+        };
+        let handlers = read(&self.handlers);
+        let Some(tx) = handlers.get(&target) else {
             return;
         };
-        match tx.try_send((chan, data)) {
+        match tx.try_send((target, data)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.dropped(kind, 1),
             Err(mpsc::error::TrySendError::Closed((chan, _))) => {
                 drop(handlers);
-                self.handlers
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&chan);
+                if write(&self.handlers).remove(&chan).is_some() {
+                    self.metrics.subscriptions.dec();
+                }
             }
         }
+    }
+
+    /// Every shard channel the node wants: its adapter and bus channels, and the rooms with
+    /// local members.
+    fn wanted(&self) -> HashSet<String> {
+        let mut wanted: HashSet<String> = read(&self.handlers).keys().cloned().collect();
+        wanted.extend(
+            read(&self.interest)
+                .iter()
+                .filter(|(_, e)| e.members > 0)
+                .map(|(c, _)| c.clone()),
+        );
+        wanted
+    }
+
+    /// Subscribes again to every channel the node wants, then drops any subscription beyond
+    /// them (a room left while Redis was away). (fred's `resubscribe_all` also sends a
+    /// `SUBSCRIBE` with no channel when only shard channels are tracked, which Redis refuses,
+    /// so the shard channels are subscribed here one by one.)
+    async fn resubscribe(&self) -> Result<(), fred::error::Error> {
+        for chan in self.wanted() {
+            self.subscriber.ssubscribe(chan).await?;
+        }
+        let wanted = self.wanted();
+        for chan in self.subscriber.tracked_shard_channels() {
+            if !wanted.contains(&*chan) {
+                self.subscriber.sunsubscribe(chan).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -235,7 +527,7 @@ async fn watch(
         }
         if need_resubscribe && Instant::now() >= next_attempt {
             inner.set_subscribed(false);
-            match resubscribe(&inner.subscriber).await {
+            match inner.resubscribe().await {
                 Ok(()) => {
                     need_resubscribe = false;
                     inner.set_subscribed(true);
@@ -250,21 +542,18 @@ async fn watch(
     }
 }
 
-/// Subscribes again to every shard channel the client tracks. (fred's `resubscribe_all`
-/// also sends a `SUBSCRIBE` with no channel when only shard channels are tracked, which Redis
-/// refuses, so the shard channels are resubscribed here one by one.)
-async fn resubscribe(subscriber: &SubscriberClient) -> Result<(), fred::error::Error> {
-    for chan in subscriber.tracked_shard_channels() {
-        subscriber.ssubscribe(chan).await?;
-    }
-    Ok(())
+/// The uid in a response channel `{p}-response#{ns}#{uid}#`.
+fn response_channel_uid(chan: &str) -> Option<Uid> {
+    let rest = chan.strip_suffix('#')?;
+    let (_, uid) = rest.rsplit_once('#')?;
+    uid.parse().ok()
 }
 
 impl Driver for SioDriver {
     type Error = DriverError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
-        self.publish_counted(&chan, val).await.map(|_| ())
+        self.inner.publish_request(chan, val).await
     }
 
     async fn subscribe(
@@ -272,29 +561,29 @@ impl Driver for SioDriver {
         chan: String,
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        if channel_kind(&chan) == "response"
+            && let Some(uid) = response_channel_uid(&chan)
+        {
+            let _ = self.inner.uid.set(uid);
+        }
         let (tx, rx) = mpsc::channel(size.max(1));
-        self.inner
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(chan.clone(), tx);
+        let new = write(&self.inner.handlers)
+            .insert(chan.clone(), tx)
+            .is_none();
         if let Err(e) = self.inner.subscriber.ssubscribe(chan.as_str()).await {
-            self.inner
-                .handlers
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&chan);
+            write(&self.inner.handlers).remove(&chan);
             return Err(e.into());
+        }
+        if new {
+            self.inner.metrics.subscriptions.inc();
         }
         Ok(MessageStream::new(rx))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.inner
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&chan);
+        if write(&self.inner.handlers).remove(&chan).is_some() {
+            self.inner.metrics.subscriptions.dec();
+        }
         self.inner.subscriber.sunsubscribe(chan).await?;
         Ok(())
     }
@@ -304,5 +593,20 @@ impl Driver for SioDriver {
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
         let (_, n): (String, u16) = self.inner.publisher.pubsub_shardnumsub(chan).await?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uid_of_a_response_channel() {
+        let uid = Uid::new();
+        assert_eq!(
+            response_channel_uid(&format!("sio-response#/#{uid}#")),
+            Some(uid)
+        );
+        assert_eq!(response_channel_uid("sio-response#/#"), None);
     }
 }

@@ -87,6 +87,22 @@ impl Keys {
         format!("{}:admin-reply:{}", self.prefix, uid)
     }
 
+    /// Shard channel: socketioxide-redis's requests to every node serving namespace `ns`.
+    pub fn request_channel(&self, ns: &str) -> String {
+        format!("{}-request#{}#", self.prefix, ns)
+    }
+
+    /// Shard channel: broadcasts to `room` of namespace `ns`, subscribed by the nodes with
+    /// local members of the room (see [`crate::routing`]).
+    pub fn room_channel(&self, ns: &str, room: &str) -> String {
+        format!("{}{}#{}", self.room_channel_prefix(), ns, room)
+    }
+
+    /// What every room channel starts with.
+    pub fn room_channel_prefix(&self) -> String {
+        format!("{}-room#", self.prefix)
+    }
+
     /// Prefix socketioxide-redis puts before its channels
     /// (`{prefix}-request#{ns}#`, `{prefix}-request#{ns}#{uid}#`, `{prefix}-response#{ns}#{uid}#`).
     pub fn adapter_prefix(&self) -> String {

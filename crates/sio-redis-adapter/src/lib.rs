@@ -27,6 +27,19 @@
 //!  wait for n-1 answers  ◀──────────────  {p}-response#/#{A}#  ◀──────  SPUBLISH [id, data]
 //! ```
 //!
+//! With `--adapter-routing rooms` (the default) a broadcast to rooms of namespace `/` skips
+//! the request channel: it is published on each target room's channel, which only nodes with
+//! local members subscribe to ([`routing`] describes the channels, the subscription life
+//! cycle, the race handling and why per-room channels rather than hashed partitions):
+//!
+//! ```text
+//!  node A: io.to("r").emit(..)                 Redis                   node B (member of r)
+//!  SPUBLISH {p}-room#/#r msgpack(req)  ──▶  shard of the channel  ──▶  local broadcast to "r"
+//!                                                                     (node C, no member: nothing)
+//!  node B: join-room "r" (first local member)
+//!  SSUBSCRIBE {p}-room#/#r, wait for Redis's answer, then join and acknowledge
+//! ```
+//!
 //! # Keys and channels (prefix `{p}`, `--redis-prefix`, default `sio`)
 //!
 //! | name | type | content |
@@ -34,6 +47,7 @@
 //! | `{p}-request#{ns}#` | shard channel | adapter requests to every node (socketioxide-redis, msgpack) |
 //! | `{p}-request#{ns}#{uid}#` | shard channel | adapter requests to node `uid` |
 //! | `{p}-response#{ns}#{uid}#` | shard channel | answers to node `uid`'s requests |
+//! | `{p}-room#{ns}#{room}` | shard channel | broadcasts to `room` (same msgpack request), subscribed while the node has local members of the room ([`routing`]) |
 //! | `{p}:notify` | shard channel | notifications to deliver live (JSON `{user, notification, origin, req}`) |
 //! | `{p}:notify-reply:{uid}` | shard channel | delivery counts for node `uid` (JSON `{req, delivered}`) |
 //! | `{p}:admin` | shard channel | admin UI requests to every node: list sockets, apply a command (JSON, sio-node `admin::bus`) |
@@ -59,27 +73,52 @@
 //! See [`notify`]: stored with `XADD … MAXLEN ~`, delivered live through `{p}:notify`, the
 //! delivery count summed from every node's answer, replayed with `XRANGE (<last id> +`.
 
+//!
+//! # Features
+//!
+//! `adapter` (default): everything above. Without it the crate builds only the key names,
+//! the plain types and the node registry reader ([`registry`]), without socketioxide: what
+//! sio-proxy needs to find the nodes, from the one definition of the registry.
+
+#[cfg(feature = "adapter")]
 pub mod cluster;
+#[cfg(feature = "adapter")]
 pub mod driver;
 pub mod error;
 pub mod keys;
+#[cfg(feature = "adapter")]
 pub mod memory;
+#[cfg(feature = "adapter")]
 pub mod metrics;
+#[cfg(feature = "adapter")]
 pub mod notify;
+#[cfg(feature = "adapter")]
 pub mod redis_store;
+pub mod registry;
+#[cfg(feature = "adapter")]
+pub mod routing;
+#[cfg(feature = "adapter")]
 pub mod store;
 pub mod types;
 
+#[cfg(feature = "adapter")]
 pub use cluster::{RedisCluster, RedisSettings};
+#[cfg(feature = "adapter")]
 pub use driver::SioDriver;
 pub use error::{StoreError, StoreResult};
 pub use keys::Keys;
+#[cfg(feature = "adapter")]
 pub use notify::NotifyBus;
+#[cfg(feature = "adapter")]
+pub use routing::{RoomRouting, Routing};
+#[cfg(feature = "adapter")]
 pub use store::{LocalLeases, Membership, Store};
 pub use types::{NodeInfo, Notification, SocketEntry};
 
 /// The socketioxide adapter of a clustered node.
+#[cfg(feature = "adapter")]
 pub type ClusterAdapter =
     socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, SioDriver>;
 
+#[cfg(feature = "adapter")]
 pub use socketioxide_redis::RedisAdapterCtr;

@@ -7,7 +7,7 @@ use prometheus::{
 /// Adapter metrics (prefix `sio_adapter_`).
 #[derive(Debug, Clone)]
 pub struct AdapterMetrics {
-    /// Messages published, by kind (`request`, `response`, `notify`, `notify_reply`).
+    /// Messages published, by kind (`request`, `room`, `response`, `notify`, `notify_reply`).
     pub published: IntCounterVec,
     /// Messages received, by kind.
     pub received: IntCounterVec,
@@ -25,7 +25,17 @@ pub struct AdapterMetrics {
     pub request_timeouts: IntCounterVec,
     /// Shared state operations that failed.
     pub store_errors: IntCounter,
+    /// Adapter messages received, by kind (`broadcast`, `room`, `request`, `other`) and
+    /// outcome (`useful`: a local socket was concerned; `wasted`: none was, including the
+    /// node's own messages coming back and copies of multi-room messages).
+    pub handled: IntCounterVec,
+    /// Shard channels subscribed: the adapter's and buses' channels, and one per room with
+    /// local members.
+    pub subscriptions: IntGauge,
 }
+
+/// Kinds of `sio_adapter_messages_handled_total`.
+pub const HANDLED_KINDS: [&str; 4] = ["broadcast", "room", "request", "other"];
 
 impl AdapterMetrics {
     /// Creates the metrics and registers them in `registry`.
@@ -91,6 +101,19 @@ impl AdapterMetrics {
                 "Shared state operations that failed",
             )
             .expect("metric"),
+            handled: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_messages_handled_total",
+                    "Adapter messages received, by kind and whether a local socket was concerned (useful) or not (wasted)",
+                ),
+                &["kind", "outcome"],
+            )
+            .expect("metric"),
+            subscriptions: IntGauge::new(
+                "sio_adapter_subscriptions",
+                "Redis shard channels this node subscribes to (adapter channels and one per room with local members)",
+            )
+            .expect("metric"),
         };
         for c in [
             Box::new(m.published.clone()) as Box<dyn prometheus::core::Collector>,
@@ -102,6 +125,8 @@ impl AdapterMetrics {
             Box::new(m.request_duration.clone()),
             Box::new(m.request_timeouts.clone()),
             Box::new(m.store_errors.clone()),
+            Box::new(m.handled.clone()),
+            Box::new(m.subscriptions.clone()),
         ] {
             // Registering twice in one registry is a programming error.
             registry.register(c).expect("adapter metric registration");
@@ -111,6 +136,14 @@ impl AdapterMetrics {
             m.published.with_label_values(&[kind]);
             m.received.with_label_values(&[kind]);
             m.dropped.with_label_values(&[kind]);
+        }
+        m.published.with_label_values(&["room"]);
+        m.received.with_label_values(&["room"]);
+        m.dropped.with_label_values(&["room"]);
+        for kind in HANDLED_KINDS {
+            for outcome in ["useful", "wasted"] {
+                m.handled.with_label_values(&[kind, outcome]);
+            }
         }
         m.dropped.with_label_values(&["subscriber"]);
         m.request_duration.with_label_values(&["notify"]);

@@ -427,23 +427,7 @@ impl RedisStore {
     }
 
     pub(crate) async fn nodes(&self) -> StoreResult<Vec<NodeInfo>> {
-        let r: Result<Vec<String>, _> = self
-            .client
-            .zrangebyscore(self.keys.nodes(), now_ms() as f64, "+inf", false, None)
-            .await;
-        let ids = self.count(r)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let r: Result<Vec<Option<String>>, _> =
-            self.client.hmget(self.keys.nodes_info(), ids).await;
-        let mut nodes: Vec<NodeInfo> = self
-            .count(r)?
-            .into_iter()
-            .flatten()
-            .filter_map(|j| serde_json::from_str(&j).ok())
-            .collect();
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(nodes)
+        let r = crate::registry::live_nodes(&self.client, &self.keys).await;
+        self.count(r)
     }
 }

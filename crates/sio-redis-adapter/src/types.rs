@@ -24,10 +24,13 @@ pub struct NodeInfo {
     /// Address at which proxies reach the node (`host:port`).
     pub addr: String,
     /// True once the node has started to drain: it must get no new handshakes.
+    #[serde(default)]
     pub draining: bool,
     /// Live Socket.IO connections (all namespaces) on the node.
+    #[serde(default)]
     pub connections: u64,
     /// Version of the node binary.
+    #[serde(default)]
     pub version: String,
     /// Socket.IO server uid used by the cross-node adapter.
     #[serde(default)]

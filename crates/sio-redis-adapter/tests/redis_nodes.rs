@@ -1,4 +1,5 @@
-//! Cross-node adapter scenarios on three nodes, each with its own connection to a real
+//! Cross-node adapter scenarios on three nodes (room broadcasts routed by room, the default),
+//! each with its own connection to a real
 //! `redis-server` (started by the test), with `SioDriver` as sio-node uses it.
 
 #![allow(

@@ -11,6 +11,7 @@ use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 
 use super::protocol::{Args, Handshake, SerializedSocket, iso_date};
+use crate::state::NodeState;
 
 /// Headers never shown to the UI (credentials).
 const HIDDEN_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
@@ -95,8 +96,31 @@ fn matching<A: Adapter>(io: &SocketIo<A>, nsp: &str, filter: Option<&str>) -> Ve
     sockets
 }
 
+/// Puts `s` in `room`; in the chat namespace through the session and the room's channel,
+/// as the `join-room` event does (the room is not added to the user's stored rooms).
+async fn join<A: Adapter>(node: &NodeState, nsp: &str, s: &SocketRef<A>, room: &str) {
+    let session = (nsp == crate::chat::NAMESPACE)
+        .then(|| crate::connect::session(s))
+        .flatten();
+    let Some(session) = session else {
+        s.join(room.to_owned());
+        return;
+    };
+    if session.in_room(room) {
+        return;
+    }
+    if let Err(e) = node.room_channels.join(nsp, room).await {
+        tracing::warn!(room, "admin join refused: {e}");
+        return;
+    }
+    s.join(room.to_owned());
+    if !session.add_room(room) {
+        node.room_channels.leave(nsp, room).await;
+    }
+}
+
 /// Applies `command` to this node's matching sockets; returns how many it touched.
-pub async fn apply<A: Adapter>(io: &SocketIo<A>, command: &Command) -> u64 {
+pub async fn apply<A: Adapter>(io: &SocketIo<A>, node: &NodeState, command: &Command) -> u64 {
     match command {
         Command::Emit {
             nsp,
@@ -117,7 +141,7 @@ pub async fn apply<A: Adapter>(io: &SocketIo<A>, command: &Command) -> u64 {
         Command::Join { nsp, room, filter } => {
             let sockets = matching(io, nsp, filter.as_deref());
             for s in &sockets {
-                s.join(room.clone());
+                join(node, nsp, s, room).await;
             }
             sockets.len() as u64
         }
@@ -125,6 +149,11 @@ pub async fn apply<A: Adapter>(io: &SocketIo<A>, command: &Command) -> u64 {
             let sockets = matching(io, nsp, filter.as_deref());
             for s in &sockets {
                 s.leave(room.clone());
+                if nsp == crate::chat::NAMESPACE
+                    && crate::connect::session(s).is_some_and(|session| session.remove_room(room))
+                {
+                    node.room_channels.leave(nsp, room).await;
+                }
             }
             sockets.len() as u64
         }

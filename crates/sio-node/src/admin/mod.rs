@@ -191,7 +191,7 @@ fn local_handler<A: Adapter>(
                 },
                 Request::Command { command } => Answer {
                     node: node.node_id.clone(),
-                    affected: local::apply(&io, &command).await,
+                    affected: local::apply(&io, &node, &command).await,
                     sockets: Vec::new(),
                 },
             }

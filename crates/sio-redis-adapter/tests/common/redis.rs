@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sio_redis_adapter::{RedisCluster, RedisSettings};
+use sio_redis_adapter::{RedisCluster, RedisSettings, RoomRouting, Routing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -163,6 +163,7 @@ pub fn settings(server: &RedisServer, prefix: &str) -> RedisSettings {
         lease: Duration::from_secs(10),
         notification_maxlen: 100,
         request_timeout: Duration::from_secs(2),
+        routing: RoomRouting::default(),
     }
 }
 
@@ -181,6 +182,25 @@ pub async fn connect(settings: &RedisSettings) -> RedisNode {
     RedisNode { cluster, registry }
 }
 
+/// Sum of the samples of the metric family `name` in `registry` whose labels include
+/// `labels` (0 when absent).
+pub fn metric_with(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().value() + m.get_gauge().value())
+        .sum()
+}
+
 /// Sum of every sample of the metric family `name` in `registry` (0 when absent).
 pub fn metric(registry: &prometheus::Registry, name: &str) -> f64 {
     registry
@@ -196,8 +216,25 @@ pub fn metric(registry: &prometheus::Registry, name: &str) -> f64 {
 /// `n` nodes on a fresh `redis-server`, under a random prefix, each with its own connection
 /// (as separate processes would have), configured as sio-node configures them.
 pub async fn redis_nodes(n: usize) -> super::scenarios::Nodes<sio_redis_adapter::SioDriver> {
+    redis_nodes_routed(n, Routing::Rooms).await
+}
+
+/// [`redis_nodes`] publishing room broadcasts on the request channel (`--adapter-routing
+/// broadcast`).
+pub async fn redis_nodes_broadcast(
+    n: usize,
+) -> super::scenarios::Nodes<sio_redis_adapter::SioDriver> {
+    redis_nodes_routed(n, Routing::Broadcast).await
+}
+
+/// [`redis_nodes`] with room broadcasts of namespace `/` routed as `mode` says.
+pub async fn redis_nodes_routed(
+    n: usize,
+    mode: Routing,
+) -> super::scenarios::Nodes<sio_redis_adapter::SioDriver> {
     let server = RedisServer::start().await;
-    let settings = settings(&server, &random_prefix());
+    let mut settings = settings(&server, &random_prefix());
+    settings.routing = RoomRouting::new(mode, ["/"]);
     let mut connections = Vec::new();
     let mut nodes = Vec::new();
     for _ in 0..n {

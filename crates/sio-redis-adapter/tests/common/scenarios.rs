@@ -91,9 +91,37 @@ pub fn node<D: Driver>(driver: D, config: RedisAdapterConfig) -> Io<D> {
     io
 }
 
-/// Joins `client`'s socket, on node `io`, to `rooms` (as a handler on that node would).
-fn join<D: Driver>(io: &Io<D>, client: &Client, rooms: &'static [&'static str]) {
-    io.get_socket(client.sid).unwrap().join(rooms);
+/// A driver that may route rooms by interest: a node must hold a room's channel before its
+/// sockets join the room (as sio-node's `join-room` does).
+pub trait RoomJoin {
+    /// Holds the channel of `room` of namespace `ns` for one more local member.
+    fn join_room(&self, ns: &str, room: &str) -> impl std::future::Future<Output = ()>;
+}
+
+impl RoomJoin for sio_redis_adapter::SioDriver {
+    async fn join_room(&self, ns: &str, room: &str) {
+        sio_redis_adapter::SioDriver::join_room(self, ns, room)
+            .await
+            .unwrap();
+    }
+}
+
+impl RoomJoin for super::memory::MemoryDriver {
+    async fn join_room(&self, _: &str, _: &str) {}
+}
+
+/// Joins `client`'s socket, on node `i`, to `rooms` (as a handler on that node would: the
+/// room's channel first, then the socket).
+async fn join<D: Driver + RoomJoin>(
+    nodes: &Nodes<D>,
+    i: usize,
+    client: &Client,
+    rooms: &'static [&'static str],
+) {
+    for room in rooms {
+        nodes.drivers[i].join_room("/", room).await;
+    }
+    nodes.ios[i].get_socket(client.sid).unwrap().join(rooms);
 }
 
 /// Broadcasts a marker from every node to the whole namespace and checks that the next
@@ -173,7 +201,7 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 
 /// `io.emit` from any node reaches every socket of the namespace on every node exactly once;
 /// a socket's `broadcast()` reaches all the others but not itself.
-pub async fn broadcast_to_namespace<D: Driver>(nodes: Nodes<D>) {
+pub async fn broadcast_to_namespace<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let mut a1 = Client::connect(n1, "a1").await;
     let mut b1 = Client::connect(n1, "b1").await;
@@ -198,15 +226,15 @@ pub async fn broadcast_to_namespace<D: Driver>(nodes: Nodes<D>) {
 
 /// `to(room)` reaches the members of the room on every node, a socket in several target rooms
 /// once, and a socket's `to(room)` skips the sender.
-pub async fn broadcast_to_rooms<D: Driver>(nodes: Nodes<D>) {
+pub async fn broadcast_to_rooms<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let mut c1 = Client::connect(n1, "c1").await;
     let mut c2 = Client::connect(n2, "c2").await;
     let mut c3 = Client::connect(n3, "c3").await;
     let mut c4 = Client::connect(n3, "c4").await;
-    join(n1, &c1, &["a"]);
-    join(n2, &c2, &["a", "b"]);
-    join(n3, &c3, &["b"]);
+    join(&nodes, 0, &c1, &["a"]).await;
+    join(&nodes, 1, &c2, &["a", "b"]).await;
+    join(&nodes, 2, &c3, &["b"]).await;
 
     n3.to("a").emit("to", "a").await.unwrap();
     c1.expect(r#"42["to","a"]"#).await;
@@ -228,15 +256,15 @@ pub async fn broadcast_to_rooms<D: Driver>(nodes: Nodes<D>) {
 }
 
 /// `except(room)` leaves out the room's members on every node, combined with `to` too.
-pub async fn broadcast_with_except<D: Driver>(nodes: Nodes<D>) {
+pub async fn broadcast_with_except<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let mut c1 = Client::connect(n1, "c1").await;
     let mut c2 = Client::connect(n2, "c2").await;
     let mut c3 = Client::connect(n3, "c3").await;
     let mut c4 = Client::connect(n3, "c4").await;
-    join(n1, &c1, &["a"]);
-    join(n2, &c2, &["a", "b"]);
-    join(n3, &c3, &["b"]);
+    join(&nodes, 0, &c1, &["a"]).await;
+    join(&nodes, 1, &c2, &["a", "b"]).await;
+    join(&nodes, 2, &c3, &["b"]).await;
 
     n1.except("b").emit("ex", &1).await.unwrap();
     c1.expect(r#"42["ex",1]"#).await;
@@ -260,7 +288,7 @@ pub async fn broadcast_with_except<D: Driver>(nodes: Nodes<D>) {
 }
 
 /// `emit_with_ack` collects the acks of sockets on every node, to the namespace or a room.
-pub async fn broadcast_with_acks_from_every_node<D: Driver>(nodes: Nodes<D>) {
+pub async fn broadcast_with_acks_from_every_node<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let mut c1 = Client::connect(n1, "c1").await;
     let mut c2 = Client::connect(n2, "c2").await;
@@ -279,8 +307,8 @@ pub async fn broadcast_with_acks_from_every_node<D: Driver>(nodes: Nodes<D>) {
     let acks = collect_acks(stream).await;
     assert_eq!(acks, BTreeMap::from([ok(&c1), ok(&c2), ok(&c3), ok(&c3b)]));
 
-    join(n1, &c1, &["quiz"]);
-    join(n3, &c3b, &["quiz"]);
+    join(&nodes, 0, &c1, &["quiz"]).await;
+    join(&nodes, 2, &c3b, &["quiz"]).await;
     let stream = n2
         .to("quiz")
         .timeout(WAIT)
@@ -298,7 +326,7 @@ pub async fn broadcast_with_acks_from_every_node<D: Driver>(nodes: Nodes<D>) {
 
 /// A socket that does not answer in time is reported as a timeout by its own node, local or
 /// remote (a remote one missing from the results would mean its node never reported it).
-pub async fn broadcast_with_acks_reports_timeouts<D: Driver>(nodes: Nodes<D>) {
+pub async fn broadcast_with_acks_reports_timeouts<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let mut c1 = Client::connect(n1, "c1").await;
     let mut c2 = Client::connect(n2, "c2").await;
@@ -342,14 +370,14 @@ pub async fn broadcast_with_acks_reports_timeouts<D: Driver>(nodes: Nodes<D>) {
 
 /// `fetch_sockets` returns the sockets of every node with their node's id, from any node,
 /// for the namespace or a room; a remote socket's `rooms()` asks its node.
-pub async fn fetch_sockets_from_every_node<D: Driver>(nodes: Nodes<D>) {
+pub async fn fetch_sockets_from_every_node<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let c1 = Client::connect(n1, "c1").await;
     let c2 = Client::connect(n2, "c2").await;
     let c3 = Client::connect(n3, "c3").await;
-    join(n1, &c1, &["a"]);
-    join(n2, &c2, &["a", "b"]);
-    join(n3, &c3, &["b", "c"]);
+    join(&nodes, 0, &c1, &["a"]).await;
+    join(&nodes, 1, &c2, &["a", "b"]).await;
+    join(&nodes, 2, &c3, &["b", "c"]).await;
 
     let all = sockets_of(&[(&c1, uid(n1)), (&c2, uid(n2)), (&c3, uid(n3))]);
     for io in [n1, n2, n3] {
@@ -376,11 +404,11 @@ pub async fn fetch_sockets_from_every_node<D: Driver>(nodes: Nodes<D>) {
 
 /// Operations on a `RemoteSocket` fetched from another node act on its node: join, leave,
 /// emit, emit with ack, disconnect.
-pub async fn remote_socket_operations<D: Driver>(nodes: Nodes<D>) {
+pub async fn remote_socket_operations<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, _n2, n3) = nodes.three();
     let mut c1 = Client::connect(n1, "c1").await;
     let mut c3 = Client::connect(n3, "c3").await;
-    join(n3, &c3, &["b"]);
+    join(&nodes, 2, &c3, &["b"]).await;
     let sid3 = c3.sid;
     let remote = n1
         .fetch_sockets()
@@ -426,15 +454,15 @@ pub async fn remote_socket_operations<D: Driver>(nodes: Nodes<D>) {
 }
 
 /// `io.to(..).join/leave/disconnect` act on the selected sockets of every node.
-pub async fn operators_join_leave_disconnect<D: Driver>(nodes: Nodes<D>) {
+pub async fn operators_join_leave_disconnect<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let mut c1 = Client::connect(n1, "c1").await;
     let mut c2 = Client::connect(n2, "c2").await;
     let mut c3 = Client::connect(n3, "c3").await;
     let mut c4 = Client::connect(n3, "c4").await;
-    join(n1, &c1, &["a"]);
-    join(n2, &c2, &["a", "b"]);
-    join(n3, &c3, &["b"]);
+    join(&nodes, 0, &c1, &["a"]).await;
+    join(&nodes, 1, &c2, &["a", "b"]).await;
+    join(&nodes, 2, &c3, &["b"]).await;
 
     n1.to("a").join("d").await.unwrap();
     let in_d = sockets_of(&[(&c1, uid(n1)), (&c2, uid(n2))]);
@@ -466,14 +494,14 @@ pub async fn operators_join_leave_disconnect<D: Driver>(nodes: Nodes<D>) {
 }
 
 /// `rooms()` lists the rooms of every node, for the namespace or the rooms of a selection.
-pub async fn rooms_of_every_node<D: Driver>(nodes: Nodes<D>) {
+pub async fn rooms_of_every_node<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     let c1 = Client::connect(n1, "c1").await;
     let c2 = Client::connect(n2, "c2").await;
     let c3 = Client::connect(n3, "c3").await;
-    join(n1, &c1, &["r1", "r2"]);
-    join(n2, &c2, &["r2", "r3"]);
-    join(n3, &c3, &["r3", "r4"]);
+    join(&nodes, 0, &c1, &["r1", "r2"]).await;
+    join(&nodes, 1, &c2, &["r2", "r3"]).await;
+    join(&nodes, 2, &c3, &["r3", "r4"]).await;
 
     for io in [n1, n2, n3] {
         assert_eq!(sorted(io.rooms().await.unwrap()), ["r1", "r2", "r3", "r4"]);
@@ -488,7 +516,7 @@ pub async fn rooms_of_every_node<D: Driver>(nodes: Nodes<D>) {
 
 /// The server count the adapter computes from the driver: the nodes serving the namespace.
 /// A node that closes leaves it, and requests stop waiting for it.
-pub async fn server_count_follows_nodes<D: Driver>(nodes: Nodes<D>) {
+pub async fn server_count_follows_nodes<D: Driver + RoomJoin>(nodes: Nodes<D>) {
     let (n1, n2, n3) = nodes.three();
     for (driver, config) in nodes.drivers.iter().zip(&nodes.configs) {
         assert_eq!(server_count(driver, config, "/").await, 3);
