@@ -266,12 +266,14 @@ where
                 Box::pin(async move { Ok(delivered) })
             }),
             Some(c) => {
+                let (resync_io, resync_node) = (io.clone(), node.clone());
                 let bus = NotifyBus::start(
                     c.driver.clone(),
                     c.keys.clone(),
                     node.server_uid.clone(),
                     REQUEST_TIMEOUT,
                     local,
+                    Arc::new(move || notifications::resync_local(&resync_io, &resync_node)),
                 )
                 .await?;
                 Arc::new(move |user, n| {

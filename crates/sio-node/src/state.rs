@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use sio_redis_adapter::{Notification, Store};
+use sio_redis_adapter::{Appended, Store};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -61,7 +61,7 @@ impl Readiness {
 pub type NotificationFanout = Arc<
     dyn Fn(
             String,
-            Notification,
+            Appended,
         )
             -> futures::future::BoxFuture<'static, Result<u64, sio_redis_adapter::StoreError>>
         + Send

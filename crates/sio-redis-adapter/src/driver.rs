@@ -10,7 +10,10 @@
 //! - every queue is bounded: the client's broadcast buffer and one `mpsc` per channel;
 //!   overflow is counted in `sio_adapter_dropped_messages_total{queue}` and logged at most
 //!   once per [`DROP_LOG_INTERVAL`];
-//! - publishes go through a separate client, are counted and their failures reported.
+//! - publishes go through a separate client, are counted and their failures reported;
+//! - every moment messages may have been lost (a resubscription completed, a queue
+//!   overflowed) bumps [`SioDriver::losses`], so consumers that can repair a gap (the
+//!   notification catch-up) know when to look.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +24,7 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Message;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::metrics::{AdapterMetrics, channel_kind};
 
@@ -57,6 +60,7 @@ struct Inner {
     subscribed: Arc<AtomicBool>,
     drops_since_log: AtomicU64,
     last_drop_log: Mutex<Option<Instant>>,
+    losses: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for SioDriver {
@@ -81,6 +85,7 @@ impl SioDriver {
             subscribed,
             drops_since_log: AtomicU64::new(0),
             last_drop_log: Mutex::new(None),
+            losses: watch::Sender::new(0),
         });
         tokio::spawn(dispatch(
             Arc::downgrade(&inner),
@@ -96,6 +101,35 @@ impl SioDriver {
     /// Shared flag: true while every channel is subscribed.
     pub fn subscribed(&self) -> Arc<AtomicBool> {
         self.inner.subscribed.clone()
+    }
+
+    /// A counter bumped whenever messages may have been lost: the subscription came back
+    /// after being down (what was published meanwhile is gone) or a queue overflowed.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.inner.losses.subscribe()
+    }
+
+    /// Subscribes to shard channel `chan`, its messages going to `tx` (which many channels
+    /// may share, unlike [`Driver::subscribe`]'s one queue per channel).
+    pub async fn subscribe_into(
+        &self,
+        chan: &str,
+        tx: mpsc::Sender<ChanItem>,
+    ) -> Result<(), DriverError> {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(chan.to_owned(), tx);
+        if let Err(e) = self.inner.subscriber.ssubscribe(chan).await {
+            self.inner
+                .handlers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(chan);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// The publishing client (also used for commands).
@@ -143,6 +177,7 @@ impl Inner {
         self.metrics.subscribed.set(i64::from(up));
         if was != up {
             if up {
+                self.losses.send_modify(|n| *n += 1);
                 tracing::info!("redis: every channel subscribed");
             } else {
                 tracing::warn!(
@@ -154,6 +189,7 @@ impl Inner {
 
     fn dropped(&self, queue: &'static str, n: u64) {
         self.metrics.dropped.with_label_values(&[queue]).inc_by(n);
+        self.losses.send_modify(|l| *l += 1);
         let total = self.drops_since_log.fetch_add(n, Ordering::Relaxed) + n;
         let mut last = lock(&self.last_drop_log);
         if last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {

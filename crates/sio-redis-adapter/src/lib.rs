@@ -75,7 +75,7 @@ pub use error::{StoreError, StoreResult};
 pub use keys::Keys;
 pub use notify::NotifyBus;
 pub use store::{LocalLeases, Membership, Store};
-pub use types::{NodeInfo, Notification, SocketEntry};
+pub use types::{Appended, NodeInfo, Notification, SocketEntry};
 
 /// The socketioxide adapter of a clustered node.
 pub type ClusterAdapter =

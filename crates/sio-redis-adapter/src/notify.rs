@@ -10,6 +10,15 @@
 //! ```
 //! A reply missing after the timeout is counted in `sio_adapter_request_timeouts_total`; the
 //! notification is stored either way and a reconnecting client replays it.
+//!
+//! # No gap goes unnoticed
+//! Each message carries `previous`, the id of the entry before it in the user's stream
+//! (returned by the same script that appended it). A node hands it to a socket live only when
+//! that socket's last delivered id is `previous`; otherwise the socket missed something and
+//! reads the stream first (sio-node's catch-up). A message that never arrives (published while
+//! this node's subscription was down, or dropped by a full queue) is noticed without a later
+//! one: the driver's [`SioDriver::losses`] counter moves, and the bus calls `resync` so every
+//! local socket checks its user's stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,10 +32,15 @@ use tokio::sync::mpsc;
 use crate::driver::SioDriver;
 use crate::error::{StoreError, StoreResult};
 use crate::keys::Keys;
-use crate::types::Notification;
+use crate::types::Appended;
 
-/// Hands a notification to the user's sockets on this node; returns how many got it.
-pub type LocalDelivery = Arc<dyn Fn(&str, &Notification) -> u64 + Send + Sync>;
+/// Hands a notification to the user's sockets on this node; returns how many got it (or will
+/// get it from the stream).
+pub type LocalDelivery = Arc<dyn Fn(&str, &Appended) -> u64 + Send + Sync>;
+
+/// Asks every local socket to read its user's stream: notifications may have been lost on
+/// their way to this node.
+pub type Resync = Arc<dyn Fn() + Send + Sync>;
 
 /// Queue size of the notification channels.
 const QUEUE: usize = 4096;
@@ -34,7 +48,7 @@ const QUEUE: usize = 4096;
 #[derive(Debug, Serialize, Deserialize)]
 struct Publish {
     user: String,
-    notification: Notification,
+    notification: Appended,
     origin: String,
     req: u64,
 }
@@ -70,6 +84,7 @@ impl NotifyBus {
         uid: String,
         timeout: Duration,
         deliver: LocalDelivery,
+        resync: Resync,
     ) -> StoreResult<Arc<Self>> {
         let bus = Arc::new(Self {
             driver: driver.clone(),
@@ -107,6 +122,20 @@ impl NotifyBus {
                 }
             }
         });
+        let mut losses = driver.losses();
+        losses.mark_unchanged();
+        let weak = Arc::downgrade(&bus);
+        tokio::spawn(async move {
+            while losses.changed().await.is_ok() {
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                tracing::info!(
+                    "notifications may have been lost on their way here; checking every local socket's stream"
+                );
+                resync();
+            }
+        });
         let weak = Arc::downgrade(&bus);
         tokio::spawn(async move {
             while let Some((_, data)) = replies.next().await {
@@ -125,7 +154,7 @@ impl NotifyBus {
 
     /// Delivers `notification` live to `user`'s sockets on every node and returns how many
     /// sockets got it.
-    pub async fn publish(&self, user: &str, notification: &Notification) -> StoreResult<u64> {
+    pub async fn publish(&self, user: &str, notification: &Appended) -> StoreResult<u64> {
         let req = rand::random::<u64>();
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.pending

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sio_redis_adapter::notify::LocalDelivery;
-use sio_redis_adapter::{Notification, NotifyBus};
+use sio_redis_adapter::{Appended, Notification, NotifyBus};
 
 use common::redis::{RedisNode, RedisServer, connect, random_prefix, settings};
 
@@ -22,7 +22,7 @@ use common::redis::{RedisNode, RedisServer, connect, random_prefix, settings};
 #[derive(Default)]
 struct Deliveries {
     calls: AtomicU64,
-    seen: Mutex<Vec<(String, Notification)>>,
+    seen: Mutex<Vec<(String, Appended)>>,
 }
 
 /// A local delivery that records its calls and reports `sockets(user)` sockets reached.
@@ -45,16 +45,20 @@ async fn bus(node: &RedisNode, uid: &str, deliver: LocalDelivery) -> Arc<NotifyB
         uid.to_owned(),
         Duration::from_secs(5),
         deliver,
+        Arc::new(|| {}),
     )
     .await
     .unwrap()
 }
 
-fn notification(id: &str, message: &str) -> Notification {
-    Notification {
-        id: id.to_owned(),
-        message: message.to_owned(),
-        timestamp: "2026-01-01T00:00:00Z".to_owned(),
+fn notification(id: &str, message: &str) -> Appended {
+    Appended {
+        notification: Notification {
+            id: id.to_owned(),
+            message: message.to_owned(),
+            timestamp: "2026-01-01T00:00:00Z".to_owned(),
+        },
+        previous: "0-0".to_owned(),
     }
 }
 
