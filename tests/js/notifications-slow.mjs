@@ -7,7 +7,8 @@
 // reconnect (passing its last id back). When nothing arrives for a while before that, the
 // scenario reconnects once itself, as an application would, so the count it prints is what
 // a client that passes its last id back really lost.
-import { api, main, once, sleep, socketFor, token } from "./lib.mjs";
+import { execFileSync } from "node:child_process";
+import { api, main, once, sleep, socketFor, token, waitFor } from "./lib.mjs";
 
 const URLS = (process.env.URLS || "").split(",").filter(Boolean);
 const COUNT = Number(process.env.COUNT || 1500);
@@ -55,6 +56,38 @@ async function settle(pred, progress, idle) {
 }
 
 main({
+  // Notifications published while the client's node has lost its Redis subscription (its
+  // pub/sub connections killed) reach nobody live; with no later notification to reveal the
+  // gap, the node must notice the resubscription itself and read the stream.
+  async subscription_lost() {
+    const user = `lost-${Math.random().toString(36).slice(2, 8)}`;
+    const s = socketFor(user, { url: URLS[0], ns: "/notifications", mode: "websocket" });
+    const got = [];
+    s.on("notification", (n) => got.push(n.id));
+    await once(s, "notifications-synced", 10000);
+    const expected = [];
+    let missed = 0;
+    for (let round = 0; round < 10 && missed === 0; round++) {
+      execFileSync("redis-cli", ["-p", process.env.REDIS_PORT, "client", "kill", "type", "pubsub"]);
+      for (let i = 0; i < 5; i++) {
+        const r = await api("/api/notify", { url: URLS[TARGET], body: { userId: user, message: `r${round}-${i}` } });
+        if (r.status !== 200) throw new Error(`notify answered ${r.status}: ${r.text}`);
+        expected.push(r.body.id);
+        if (r.body.delivered === 0) missed++;
+      }
+      await sleep(300);
+    }
+    if (missed === 0) throw new Error("no notification was published while the subscription was down");
+    await waitFor(() => got.length >= expected.length, 10000, `${expected.length} notifications`);
+    await sleep(200);
+    s.close();
+    const result = { expected: expected.length, missedLive: missed, received: got.length };
+    if (JSON.stringify(got) !== JSON.stringify(expected)) {
+      throw new Error(`subscription lost: ${JSON.stringify({ ...result, got, expected })}`);
+    }
+    return result;
+  },
+
   async slow_poller() {
     const user = `slow-${Math.random().toString(36).slice(2, 8)}`;
     let last;

@@ -34,3 +34,28 @@ fn a_slow_polling_client_gets_every_notification_once_in_order() {
         "notifications replayed: {replayed}"
     );
 }
+
+#[test]
+fn notifications_published_while_a_node_is_unsubscribed_are_delivered() {
+    let c = Cluster::start("notify-unsubscribed", 2, &[]);
+    let out = run_js(
+        "notifications-slow.mjs",
+        &[
+            ("SCENARIO", "subscription_lost".to_owned()),
+            ("URLS", c.urls()),
+            ("TARGET", "1".to_owned()),
+            ("REDIS_PORT", c.redis.port.to_string()),
+        ],
+    );
+    eprintln!("{out}");
+    let m = c.nodes[0].metrics();
+    let resyncs = metric(
+        &m,
+        "sio_notification_catchups_total",
+        &[("reason", "resync")],
+    );
+    assert!(
+        resyncs >= 1.0,
+        "catch-ups after a resubscription: {resyncs}"
+    );
+}
