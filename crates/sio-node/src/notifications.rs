@@ -18,7 +18,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
 use sio_redis_adapter::types::parse_stream_id;
-use sio_redis_adapter::{Appended, SocketEntry};
+use sio_redis_adapter::{Appended, SocketEntry, UserSubscription};
 
 use crate::connect::{self, ConnectRefused};
 use crate::notification_cursor::{
@@ -62,6 +62,15 @@ pub async fn middleware<A: Adapter>(
     let auth = auth.ok();
     let session = connect::admit(&node, &socket, auth.as_ref())?;
     let after = last_notification_id(auth.as_ref())?;
+    // With Redis, this node must receive the user's notifications before the client is told
+    // it is connected: its catch-up reads the stream, and live ones must follow.
+    if let Some(bus) = node.notify_bus.get() {
+        let subscription = bus
+            .subscribe_user(session.user.as_str())
+            .await
+            .map_err(|e| ConnectRefused::Unavailable(e.to_string()))?;
+        socket.extensions.insert(Arc::new(subscription));
+    }
     socket.extensions.insert(LastNotificationId(after));
     socket.extensions.insert(NotificationCursor::connecting());
     socket.on_disconnect(on_disconnect::<A>);
@@ -127,6 +136,8 @@ async fn on_disconnect<A: Adapter>(
     State(node): State<Arc<NodeState>>,
 ) {
     connect::disconnected(&node, &socket, reason);
+    // The user's channel is left with the user's last socket on this node.
+    drop(socket.extensions.remove::<Arc<UserSubscription>>());
     let Some(session) = connect::session(&socket) else {
         return;
     };

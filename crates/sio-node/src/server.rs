@@ -154,6 +154,7 @@ fn new_state(
         drain: crate::drain::DrainState::default(),
         cleanups: tokio_util::task::TaskTracker::new(),
         admin_disconnects: Default::default(),
+        notify_bus: std::sync::OnceLock::new(),
         config,
     }))
 }
@@ -276,6 +277,7 @@ where
                     Arc::new(move || notifications::resync_local(&resync_io, &resync_node)),
                 )
                 .await?;
+                let _ = node.notify_bus.set(bus.clone());
                 Arc::new(move |user, n| {
                     let bus = bus.clone();
                     Box::pin(async move { bus.publish(&user, &n).await })

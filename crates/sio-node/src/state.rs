@@ -105,6 +105,9 @@ pub struct NodeState {
     pub cleanups: tokio_util::task::TaskTracker,
     /// Why sockets disconnected, for the admin UI's development mode.
     pub admin_disconnects: crate::admin::disconnects::DisconnectLog,
+    /// The cross-node notification bus (with Redis): where `/notifications` sockets subscribe
+    /// to their user's channel.
+    pub notify_bus: std::sync::OnceLock<Arc<sio_redis_adapter::NotifyBus>>,
 }
 
 impl std::fmt::Debug for NodeState {

@@ -34,7 +34,7 @@
 //! | `{p}-request#{ns}#` | shard channel | adapter requests to every node (socketioxide-redis, msgpack) |
 //! | `{p}-request#{ns}#{uid}#` | shard channel | adapter requests to node `uid` |
 //! | `{p}-response#{ns}#{uid}#` | shard channel | answers to node `uid`'s requests |
-//! | `{p}:notify` | shard channel | notifications to deliver live (JSON `{user, notification, origin, req}`) |
+//! | `{p}:notify:{<user>}` | shard channel | the user's notifications, to the nodes with a socket of the user (JSON `{user, notification: {notification, previous}, origin, req}`) |
 //! | `{p}:notify-reply:{uid}` | shard channel | delivery counts for node `uid` (JSON `{req, delivered}`) |
 //! | `{p}:admin` | shard channel | admin UI requests to every node: list sockets, apply a command (JSON, sio-node `admin::bus`) |
 //! | `{p}:admin-reply:{uid}` | shard channel | answers to node `uid`'s admin requests (JSON `{req, node, affected, sockets}`) |
@@ -55,8 +55,10 @@
 //!
 //! # Notifications
 //!
-//! See [`notify`]: stored with `XADD … MAXLEN ~`, delivered live through `{p}:notify`, the
-//! delivery count summed from every node's answer, replayed with `XRANGE (<last id> +`.
+//! See [`notify`]: stored by a script (`XADD … MAXLEN ~`, answering the new id and the one
+//! before it), delivered live through the user's channel `{p}:notify:{<user>}` to the nodes
+//! that subscribed to it (those holding a socket of the user), the delivery count summed from
+//! their answers, replayed and gaps filled with `XRANGE (<last id> + COUNT n`.
 
 pub mod cluster;
 pub mod driver;
@@ -73,7 +75,7 @@ pub use cluster::{RedisCluster, RedisSettings};
 pub use driver::SioDriver;
 pub use error::{StoreError, StoreResult};
 pub use keys::Keys;
-pub use notify::NotifyBus;
+pub use notify::{NotifyBus, UserSubscription};
 pub use store::{LocalLeases, Membership, Store};
 pub use types::{Appended, NodeInfo, Notification, SocketEntry};
 

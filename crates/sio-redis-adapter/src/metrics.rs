@@ -25,6 +25,11 @@ pub struct AdapterMetrics {
     pub request_timeouts: IntCounterVec,
     /// Shared state operations that failed.
     pub store_errors: IntCounter,
+    /// Per-user notification channels this node is subscribed to.
+    pub notify_subscriptions: IntGauge,
+    /// Notification messages received, by outcome: `useful` (a local socket of the user
+    /// got it) or `wasted` (none did).
+    pub notify_messages: IntCounterVec,
 }
 
 impl AdapterMetrics {
@@ -91,6 +96,19 @@ impl AdapterMetrics {
                 "Shared state operations that failed",
             )
             .expect("metric"),
+            notify_subscriptions: IntGauge::new(
+                "sio_adapter_notify_subscriptions",
+                "Per-user notification channels this node is subscribed to",
+            )
+            .expect("metric"),
+            notify_messages: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_notify_messages_total",
+                    "Notification messages received, by outcome (useful: a local socket of the user got it; wasted: none did)",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
         };
         for c in [
             Box::new(m.published.clone()) as Box<dyn prometheus::core::Collector>,
@@ -102,6 +120,8 @@ impl AdapterMetrics {
             Box::new(m.request_duration.clone()),
             Box::new(m.request_timeouts.clone()),
             Box::new(m.store_errors.clone()),
+            Box::new(m.notify_subscriptions.clone()),
+            Box::new(m.notify_messages.clone()),
         ] {
             // Registering twice in one registry is a programming error.
             registry.register(c).expect("adapter metric registration");
@@ -115,6 +135,9 @@ impl AdapterMetrics {
         m.dropped.with_label_values(&["subscriber"]);
         m.request_duration.with_label_values(&["notify"]);
         m.request_timeouts.with_label_values(&["notify"]);
+        for outcome in ["useful", "wasted"] {
+            m.notify_messages.with_label_values(&[outcome]);
+        }
         m
     }
 }
@@ -131,7 +154,7 @@ pub fn channel_kind(channel: &str) -> &'static str {
         "response"
     } else if channel.contains(":notify-reply:") {
         "notify_reply"
-    } else if channel.ends_with(":notify") {
+    } else if channel.contains(":notify:{") {
         "notify"
     } else {
         "other"
@@ -151,7 +174,7 @@ mod tests {
             format!("{prefix}-request#/#"),
             format!("{prefix}-request#/#uid#"),
             format!("{prefix}-response#/#uid#"),
-            keys.notify_channel(),
+            keys.notify_channel("alice"),
             keys.notify_reply_channel("uid"),
         ];
         let kinds: Vec<&str> = channels.iter().map(|c| channel_kind(c)).collect();

@@ -236,6 +236,7 @@ async fn notification_fails_while_redis_is_down() {
         },
         previous: "0-0".to_owned(),
     };
+    let _alice = bus.subscribe_user("alice").await.unwrap();
     assert_eq!(bus.publish("alice", &notification).await.unwrap(), 1);
 
     server.kill();
