@@ -8,7 +8,7 @@
 // scenario reconnects once itself, as an application would, so the count it prints is what
 // a client that passes its last id back really lost.
 import { execFileSync } from "node:child_process";
-import { api, main, once, sleep, socketFor, token, waitFor } from "./lib.mjs";
+import { api, closeAll, collect, connect, main, once, sleep, socketFor, token, waitFor } from "./lib.mjs";
 
 const URLS = (process.env.URLS || "").split(",").filter(Boolean);
 const COUNT = Number(process.env.COUNT || 1500);
@@ -55,7 +55,70 @@ async function settle(pred, progress, idle) {
   return true;
 }
 
+/** Sum of the samples of `name` (with every `labels` pair) in node `i`'s /metrics. */
+async function metric(i, name, labels = {}) {
+  const text = await (await fetch(`${URLS[i]}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#")) continue;
+    const m = line.match(/^([a-z_]+)(\{[^}]*\})? (\S+)$/);
+    if (!m || m[1] !== name) continue;
+    if (Object.entries(labels).every(([k, v]) => (m[2] ?? "").includes(`${k}="${v}"`))) sum += Number(m[3]);
+  }
+  return sum;
+}
+
 main({
+  // Notifications go only to the nodes with a socket of their user: USERS users with three
+  // sockets each on node 0 (two transports), notified through node 1. Node 2 receives
+  // nothing; node 0 holds one subscription per user, released when the sockets leave, also
+  // after rounds of connects and disconnects that overlap.
+  async routing() {
+    const users = Array.from({ length: Number(process.env.USERS || 10) }, (_, i) => `route-${i}-${Math.random().toString(36).slice(2, 6)}`);
+    const subs = (i) => metric(i, "sio_adapter_notify_subscriptions");
+    const received = (i) => metric(i, "sio_adapter_notify_messages_total");
+    const base = await Promise.all([0, 1, 2].map(subs));
+    const before = await Promise.all([0, 1, 2].map(received));
+    const sockets = [];
+    for (const user of users) {
+      for (const mode of ["websocket", "polling", "websocket"]) {
+        sockets.push({ user, s: await connect(user, { url: URLS[0], ns: "/notifications", mode }) });
+      }
+    }
+    if ((await subs(0)) !== base[0] + users.length) throw new Error(`node 0 holds ${await subs(0)} subscriptions, expected ${base[0] + users.length}`);
+    for (const i of [1, 2]) if ((await subs(i)) !== base[i]) throw new Error(`node ${i} subscribed to a user it does not serve`);
+    const got = sockets.map(({ s }) => collect(s, "notification"));
+    // notified right after the connects: nothing is lost around a connect
+    for (const user of users) {
+      const r = await api("/api/notify", { url: URLS[1], body: { userId: user, message: "routed" } });
+      if (r.status !== 200 || r.body.delivered !== 3) throw new Error(`notify ${user}: ${r.status} ${r.text}`);
+    }
+    await waitFor(() => got.every((g) => g.length === 1), 5000, "one notification on every socket");
+    const after = await Promise.all([0, 1, 2].map(received));
+    const useful = await metric(0, "sio_adapter_notify_messages_total", { outcome: "useful" });
+    if (after[2] !== before[2]) throw new Error(`node 2 received ${after[2] - before[2]} notification messages`);
+    if (after[1] !== before[1]) throw new Error(`node 1 received ${after[1] - before[1]} notification messages`);
+    if (after[0] - before[0] !== users.length) throw new Error(`node 0 received ${after[0] - before[0]}, expected ${users.length}`);
+    closeAll(sockets.map(({ s }) => s));
+    await waitFor(async () => (await subs(0)) === base[0], 10000, "node 0 back to its baseline subscriptions");
+
+    // churn: sockets of the same users connect and disconnect, overlapping
+    for (let round = 0; round < 3; round++) {
+      const wave = await Promise.all(
+        users.flatMap((user) => [0, 1].map(async (k) => {
+          const s = await connect(user, { url: URLS[k], ns: "/notifications", mode: "websocket" });
+          await sleep(Math.random() * 50);
+          s.close();
+        })),
+      );
+      void wave;
+    }
+    for (const i of [0, 1, 2]) {
+      await waitFor(async () => (await subs(i)) === base[i], 10000, `node ${i} back to its baseline subscriptions after churn`);
+    }
+    return { users: users.length, useful, baseline: base };
+  },
+
   // Notifications published while the client's node has lost its Redis subscription (its
   // pub/sub connections killed) reach nobody live; with no later notification to reveal the
   // gap, the node must notice the resubscription itself and read the stream.

@@ -1,4 +1,5 @@
-//! Notifications reach slow clients losslessly, and only the nodes with the user's sockets.
+//! Notifications reach slow clients losslessly, and only the nodes with the user's sockets
+//! (scenarios in `tests/js/notifications-slow.mjs`).
 
 use sio_tests::{Cluster, metric, run_js};
 
@@ -58,4 +59,37 @@ fn notifications_published_while_a_node_is_unsubscribed_are_delivered() {
         resyncs >= 1.0,
         "catch-ups after a resubscription: {resyncs}"
     );
+}
+
+#[test]
+fn notifications_reach_only_nodes_with_the_users_sockets() {
+    let c = Cluster::start("notify-routing", 3, &[]);
+    let out = run_js(
+        "notifications-slow.mjs",
+        &[("SCENARIO", "routing".to_owned()), ("URLS", c.urls())],
+    );
+    eprintln!("{out}");
+    for node in &c.nodes {
+        let m = node.metrics();
+        assert_eq!(metric(&m, "sio_adapter_notify_subscriptions", &[]), 0.0);
+        assert_eq!(
+            metric(
+                &m,
+                "sio_adapter_notify_messages_total",
+                &[("outcome", "wasted")]
+            ),
+            0.0,
+            "{}",
+            node.id
+        );
+    }
+    let useful = |i: usize| {
+        metric(
+            &c.nodes[i].metrics(),
+            "sio_adapter_notify_messages_total",
+            &[("outcome", "useful")],
+        )
+    };
+    assert_eq!(useful(0), 10.0);
+    assert_eq!(useful(2), 0.0);
 }
