@@ -150,46 +150,74 @@ impl NotificationCursor {
             return Offered::Duplicate;
         };
         let mut st = lock(&self.state);
-        if st.catching_up {
-            st.recheck = true;
-            if st.sent.is_none() {
-                st.first_previous = Some(st.first_previous.map_or(previous, |p| p.min(previous)));
-            }
-            return Offered::Deferred;
-        }
-        let Some(sent) = st.sent else {
-            st.catching_up = true;
-            return Offered::CatchUp(CatchUpReason::Gap);
-        };
-        if id <= sent {
-            return Offered::Duplicate;
-        }
-        if previous != sent {
-            st.catching_up = true;
-            return Offered::CatchUp(CatchUpReason::Gap);
-        }
-        match try_emit(socket, "notification", n) {
-            Ok(true) => {
-                st.sent = Some(id);
-                Offered::Sent
-            }
-            Ok(false) => {
-                st.catching_up = true;
-                Offered::CatchUp(CatchUpReason::BufferFull)
-            }
-            Err(()) => Offered::Closed,
+        match st.on_live(id, previous) {
+            Step::Deferred => Offered::Deferred,
+            Step::Duplicate => Offered::Duplicate,
+            Step::CatchUp => Offered::CatchUp(CatchUpReason::Gap),
+            Step::Emit => match try_emit(socket, "notification", n) {
+                Ok(true) => {
+                    st.sent = Some(id);
+                    Offered::Sent
+                }
+                Ok(false) => {
+                    st.catching_up = true;
+                    Offered::CatchUp(CatchUpReason::BufferFull)
+                }
+                Err(()) => Offered::Closed,
+            },
         }
     }
 
     /// Notifications may have been lost on their way here: true when the caller must start a
     /// catch-up (one already running reads once more).
     pub fn resync(&self) -> bool {
-        let mut st = lock(&self.state);
-        if st.catching_up {
-            st.recheck = true;
+        lock(&self.state).on_possible_loss()
+    }
+}
+
+/// What to do with a live notification (pure, for [`NotificationCursor::offer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The socket is in step: emit it (and move the cursor if that works).
+    Emit,
+    /// The socket already had it.
+    Duplicate,
+    /// A catch-up runs and will read it (it was told to read once more).
+    Deferred,
+    /// Its predecessor was not sent: a catch-up must start (marked as running).
+    CatchUp,
+}
+
+impl CursorState {
+    fn on_live(&mut self, id: StreamId, previous: StreamId) -> Step {
+        if self.catching_up {
+            self.recheck = true;
+            if self.sent.is_none() {
+                self.first_previous =
+                    Some(self.first_previous.map_or(previous, |p| p.min(previous)));
+            }
+            return Step::Deferred;
+        }
+        let Some(sent) = self.sent else {
+            self.catching_up = true;
+            return Step::CatchUp;
+        };
+        if id <= sent {
+            Step::Duplicate
+        } else if previous != sent {
+            self.catching_up = true;
+            Step::CatchUp
+        } else {
+            Step::Emit
+        }
+    }
+
+    fn on_possible_loss(&mut self) -> bool {
+        if self.catching_up {
+            self.recheck = true;
             return false;
         }
-        st.catching_up = true;
+        self.catching_up = true;
         true
     }
 }
@@ -365,4 +393,71 @@ fn report_failure<A: Adapter>(
             "message": format!("missed notifications could not be loaded yet ({e}); retrying"),
         }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(sent: StreamId) -> CursorState {
+        CursorState {
+            sent: Some(sent),
+            catching_up: false,
+            recheck: false,
+            first_previous: None,
+        }
+    }
+
+    #[test]
+    fn a_socket_in_step_emits_and_skips_what_it_had() {
+        let mut st = live((5, 0));
+        assert_eq!(st.on_live((6, 0), (5, 0)), Step::Emit);
+        assert_eq!(st.on_live((5, 0), (4, 0)), Step::Duplicate);
+        assert_eq!(st.on_live((3, 0), (2, 0)), Step::Duplicate);
+        assert!(!st.catching_up);
+    }
+
+    #[test]
+    fn a_missing_predecessor_starts_one_catch_up_that_later_ones_join() {
+        let mut st = live((5, 0));
+        // 6-0 was lost (or is still on its way): 7-0 must not overtake it
+        assert_eq!(st.on_live((7, 0), (6, 0)), Step::CatchUp);
+        assert!(st.catching_up);
+        st.recheck = false;
+        assert_eq!(st.on_live((8, 0), (7, 0)), Step::Deferred);
+        assert!(st.recheck, "the running catch-up reads once more");
+        assert_eq!(st.sent, Some((5, 0)), "the cursor moves only on emits");
+    }
+
+    #[test]
+    fn a_possible_loss_starts_a_catch_up_or_makes_the_running_one_read_again() {
+        let mut st = live((5, 0));
+        assert!(st.on_possible_loss());
+        assert!(st.catching_up);
+        st.recheck = false;
+        assert!(!st.on_possible_loss(), "one catch-up per socket");
+        assert!(st.recheck);
+    }
+
+    #[test]
+    fn notifications_during_a_connect_without_a_last_id_lower_its_start() {
+        let mut st = CursorState {
+            sent: None,
+            catching_up: true,
+            recheck: false,
+            first_previous: None,
+        };
+        assert_eq!(st.on_live((9, 0), (8, 0)), Step::Deferred);
+        assert_eq!(st.on_live((10, 0), (9, 0)), Step::Deferred);
+        // the stream's newest id, read after both arrived, is 10-0; starting there would skip
+        // them, so the catch-up starts before the first
+        assert_eq!(st.first_previous, Some((8, 0)));
+    }
+
+    #[test]
+    fn catch_up_reasons_have_distinct_labels() {
+        let labels: std::collections::BTreeSet<_> =
+            CatchUpReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), CatchUpReason::ALL.len());
+    }
 }

@@ -65,8 +65,7 @@ pub async fn middleware<A: Adapter>(
     // With Redis, this node must receive the user's notifications before the client is told
     // it is connected: its catch-up reads the stream, and live ones must follow.
     if let Some(bus) = node.notify_bus.get() {
-        let subscription = bus
-            .subscribe_user(session.user.as_str())
+        let subscription = connect::with_retries(|| bus.subscribe_user(session.user.as_str()))
             .await
             .map_err(|e| ConnectRefused::Unavailable(e.to_string()))?;
         socket.extensions.insert(Arc::new(subscription));
