@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The price of the admin UI's server_stats on one node holding N idle WebSocket sockets
-# (default 10,000): CPU time per server_stats (median of the node's own debug measurements),
+# (default 10,000): time to compute one server_stats (median of the node's own debug measurements),
 # JSON bytes per second sent to each admin socket, and the node's whole CPU over the window
 # with the admin namespace in production mode. Needs release builds:
 #   cargo build --release -p sio-node -p sio-tests --bin sio-node --bin sio-load
@@ -35,7 +35,7 @@ load=$!
 pids+=($load)
 # wait until the sockets are connected, then measure over the settle window
 for _ in $(seq 1 600); do
-  c=$(grep -o 'clients=[0-9]*' "$work/node.log" | tail -1 | cut -d= -f2 || true)
+  c=$(sed 's/\x1b\[[0-9;]*m//g' "$work/node.log" | grep -o 'clients=[0-9]*' | tail -1 | cut -d= -f2 || true)
   [ "${c:-0}" -ge "$n" ] && break
   sleep 1
 done
@@ -43,13 +43,13 @@ cpu0=$(ticks); mark=$(wc -l <"$work/node.log")
 sleep $((secs - 5))
 cpu1=$(ticks)
 wait "$load" || true
-tail -n +"$mark" "$work/node.log" | grep "server_stats computed" | python3 -c '
+tail -n +"$mark" "$work/node.log" | sed 's/\x1b\[[0-9;]*m//g' | grep "server_stats computed" | python3 -c '
 import re, statistics, sys
 rows = [(int(re.search(r"micros=(\d+)", l).group(1)), int(re.search(r"bytes=(\d+)", l).group(1)),
          int(re.search(r"clients=(\d+)", l).group(1))) for l in sys.stdin]
 if not rows: sys.exit("no server_stats measurements in the window")
 us = statistics.median(r[0] for r in rows); b = statistics.median(r[1] for r in rows)
-print(f"server_stats at {max(r[2] for r in rows)} clients: {len(rows)} samples, median {us:.0f} us CPU each "
+print(f"server_stats at {max(r[2] for r in rows)} clients: {len(rows)} samples, median {us:.0f} us each (wall time of the computation) "
       f"= {us / 2 / 1e4:.3f} % of a core; {b:.0f} JSON bytes each = {b / 2:.0f} B/s to each admin socket "
       f"(and one Redis publish of about that size every 2 s)")
 '

@@ -404,3 +404,22 @@ async fn presence<A: Adapter>(
         serde_json::json!({ "room": room, "count": users.len(), "users": users }),
     ))
 }
+
+/// Property tests of the API key comparison.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn constant_time_eq_is_equality(
+            a in prop::collection::vec(any::<u8>(), 0..64),
+            b in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            prop_assert_eq!(constant_time_eq(&a, &b), a == b);
+            prop_assert!(constant_time_eq(&a, &a.clone()));
+        }
+    }
+}

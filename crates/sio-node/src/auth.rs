@@ -475,3 +475,96 @@ mod tests {
         assert_eq!(a.authenticate(None).unwrap_err(), AuthError::MissingUserId);
     }
 }
+
+/// Property tests: any handshake payload gets an answer (a refusal with a reason, never a
+/// panic), and a token signed with the key proves exactly its `sub` when that is a valid id.
+#[cfg(test)]
+mod props {
+    use std::sync::LazyLock;
+
+    use clap::Parser;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::validate::props::any_json;
+
+    const SECRET: &str = "props-secret-props-secret-props-secret";
+
+    fn authenticator(args: &[&str]) -> Authenticator {
+        let mut all = vec!["sio-node"];
+        all.extend_from_slice(args);
+        Authenticator::from_config(&Config::try_parse_from(all).expect("flags")).expect("config")
+    }
+
+    static JWT: LazyLock<Authenticator> =
+        LazyLock::new(|| authenticator(&["--jwt-secret", SECRET]));
+    static NONE: LazyLock<Authenticator> = LazyLock::new(|| authenticator(&["--auth", "none"]));
+
+    fn sign(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn later() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3600
+    }
+
+    proptest! {
+        #[test]
+        fn any_payload_gets_an_answer(v in any_json(), token in "\\PC{0,200}") {
+            let _ = JWT.authenticate(Some(&v));
+            let _ = NONE.authenticate(Some(&v));
+            let r = JWT.authenticate(Some(&json!({ "token": token })));
+            prop_assert!(r.is_err(), "a random string passed as a token: {:?}", token);
+        }
+
+        #[test]
+        fn odd_claims_get_an_answer(claims in any_json(), sub in any_json(), exp in any_json()) {
+            let mut c = claims.as_object().cloned().unwrap_or_default();
+            c.insert("sub".into(), sub);
+            c.insert("exp".into(), exp);
+            let r = JWT.authenticate(Some(&json!({ "token": sign(&Value::Object(c)) })));
+            if let Err(e) = r {
+                prop_assert!(AuthError::REASONS.contains(&e.reason()));
+            }
+        }
+
+        #[test]
+        fn a_signed_token_proves_its_subject(sub in "\\PC{0,140}") {
+            let token = sign(&json!({ "sub": sub, "exp": later() }));
+            match JWT.authenticate(Some(&json!({ "token": token }))) {
+                Ok(id) => {
+                    prop_assert_eq!(id.user.as_str(), sub.as_str());
+                    prop_assert!(valid_user_id(&sub).is_some());
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, AuthError::BadSubject);
+                    prop_assert!(valid_user_id(&sub).is_none());
+                }
+            }
+        }
+
+        #[test]
+        fn a_tampered_token_is_refused(sub in "[a-z]{1,12}", at in any::<prop::sample::Index>(), bit in 0u8..6) {
+            let token = sign(&json!({ "sub": sub, "exp": later() }));
+            let mut bytes = token.into_bytes();
+            let i = at.index(bytes.len());
+            // Flip a low bit within the base64url alphabet's range, so the text stays ASCII.
+            bytes[i] ^= 1 << bit;
+            let tampered = String::from_utf8_lossy(&bytes).into_owned();
+            let r = JWT.authenticate(Some(&json!({ "token": tampered })));
+            // A flip in the last base64 character may only touch padding bits.
+            if let Ok(id) = r {
+                prop_assert_eq!(id.user.as_str(), sub.as_str());
+            }
+        }
+    }
+}

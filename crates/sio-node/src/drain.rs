@@ -314,3 +314,34 @@ mod tests {
         assert_eq!(query_param(q, "nope"), None);
     }
 }
+
+/// Property tests of the query parsing in front of Engine.IO.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_query_gets_an_answer(q in "\\PC{0,300}", name in "[a-z]{1,9}") {
+            if let Some(v) = query_param(&q, &name) {
+                let pair = format!("{name}={v}");
+                prop_assert!(q.contains(&pair));
+            }
+        }
+
+        #[test]
+        fn the_first_value_of_a_parameter_is_found(
+            pairs in prop::collection::vec(("[a-zA-Z]{1,6}", "[^&=]{0,20}"), 0..8),
+            sid in "[A-Za-z0-9_-]{0,40}",
+            at in 0usize..8,
+        ) {
+            let mut pairs: Vec<(String, String)> =
+                pairs.into_iter().filter(|(k, _)| k != "sid").collect();
+            pairs.insert(at.min(pairs.len()), ("sid".into(), sid.clone()));
+            let q = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+            prop_assert_eq!(query_param(&q, "sid"), Some(sid.as_str()));
+        }
+    }
+}

@@ -128,3 +128,54 @@ mod tests {
         );
     }
 }
+
+/// Property tests: any claim gets an answer; an accepted list allows exactly its names and the
+/// names under its prefixes.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::validate::props::any_json;
+
+    proptest! {
+        #[test]
+        fn any_claim_gets_an_answer(v in any_json()) {
+            let r = RoomGrants::from_claim(Some(&v));
+            let strings = v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+            prop_assert_eq!(r.is_ok(), v.is_null() || strings);
+        }
+
+        #[test]
+        fn a_list_allows_its_names_and_prefixes(
+            names in prop::collection::vec("[a-z]{0,6}\\*?", 0..12),
+            probe in "[a-z]{0,8}",
+        ) {
+            let claim = Value::Array(names.iter().cloned().map(Value::String).collect());
+            let grants = RoomGrants::from_claim(Some(&claim)).expect("an array of strings");
+            prop_assert_eq!(grants.is_empty(), names.is_empty());
+            for n in &names {
+                match n.strip_suffix('*') {
+                    Some(prefix) => {
+                        prop_assert!(grants.allows(prefix));
+                        let under = format!("{prefix}{probe}");
+                        prop_assert!(grants.allows(&under));
+                    }
+                    None => prop_assert!(grants.allows(n)),
+                }
+            }
+            let expected = names.iter().any(|n| match n.strip_suffix('*') {
+                Some(prefix) => probe.starts_with(prefix),
+                None => *n == probe,
+            });
+            prop_assert_eq!(grants.allows(&probe), expected);
+        }
+
+        #[test]
+        fn more_than_the_maximum_is_refused(extra in 1usize..50) {
+            let claim = Value::Array(vec![Value::String("r".into()); MAX_ROOM_GRANTS + extra]);
+            prop_assert_eq!(RoomGrants::from_claim(Some(&claim)), Err(GrantsError::TooMany));
+        }
+    }
+}

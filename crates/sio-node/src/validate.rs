@@ -165,3 +165,83 @@ mod tests {
         assert!(user_id(&json!(1.5)).is_err());
     }
 }
+
+/// Property tests: any JSON gets an answer (never a panic), and what is accepted is exactly the
+/// input, within its bounds.
+#[cfg(test)]
+pub(crate) mod props {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Any JSON value: odd numbers, any unicode string, nested arrays and objects.
+    pub(crate) fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            any::<String>().prop_map(Value::String),
+            "[a-z*-]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-zA-Z]{0,8}", inner), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_json_gets_an_answer(v in any_json()) {
+            for (field, r) in [("room", room(&v)), ("text", text(&v)), ("message", notification_message(&v))] {
+                match (&v, r) {
+                    (Value::String(s), Ok(out)) => prop_assert_eq!(&out, s, "{}", field),
+                    (Value::String(_), Err(e)) => prop_assert_ne!(e.code(), "invalid_type"),
+                    (_, r) => prop_assert_eq!(r.map_err(|e| e.code()), Err("invalid_type")),
+                }
+            }
+            if let Ok(id) = user_id(&v) {
+                let n = id.chars().count();
+                prop_assert!((1..=crate::auth::MAX_USER_ID_LEN).contains(&n));
+                prop_assert!(!id.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn rooms_are_accepted_exactly_within_their_bounds(s in "\\PC{0,140}|[\\x00-\\x1f\\x7f-\\u{9f}a]{1,4}") {
+            let n = s.chars().count();
+            let expected = (1..=MAX_ROOM_LEN).contains(&n) && !s.chars().any(char::is_control);
+            let got = room(&Value::String(s.clone()));
+            prop_assert_eq!(got.is_ok(), expected, "{:?}: {:?}", s, got);
+            if let Err(e) = got {
+                let code = if n == 0 || n > MAX_ROOM_LEN { "invalid_length" } else { "invalid_characters" };
+                prop_assert_eq!(e.code(), code);
+            }
+        }
+
+        #[test]
+        fn events_are_refused_when_reserved_or_unbounded(s in "\\PC{0,140}", pick in 0usize..8) {
+            let name = RESERVED_EVENTS.get(pick).map_or(s, |r| (*r).to_owned());
+            let r = event(&name);
+            if RESERVED_EVENTS.contains(&name.as_str()) {
+                prop_assert_eq!(r.map_err(|e| e.code()), Err("reserved_event"));
+            } else {
+                let n = name.chars().count();
+                prop_assert_eq!(r.is_ok(), (1..=MAX_EVENT_LEN).contains(&n) && !name.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn integer_user_ids_read_as_their_decimal_text(n in any::<i64>(), u in any::<u64>()) {
+            prop_assert_eq!(user_id(&json!(n)), Ok(n.to_string()));
+            prop_assert_eq!(user_id(&json!(u)), Ok(u.to_string()));
+        }
+    }
+}

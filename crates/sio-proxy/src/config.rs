@@ -356,3 +356,49 @@ mod tests {
         assert!(!one.contains("::2".parse().expect("ip")));
     }
 }
+
+/// Property tests of `--trust-forwarded` networks.
+#[cfg(test)]
+mod props {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_gets_an_answer(s in "\\PC{0,60}") {
+            let _ = s.parse::<IpNet>();
+        }
+
+        #[test]
+        fn a_network_contains_its_address_and_its_prefix_mates(
+            a in any::<[u8; 4]>(),
+            b in any::<[u8; 4]>(),
+            prefix in 0u8..=32,
+        ) {
+            let (a, b) = (Ipv4Addr::from(a), Ipv4Addr::from(b));
+            let net: IpNet = format!("{a}/{prefix}").parse().expect("a valid CIDR");
+            prop_assert!(net.contains(IpAddr::V4(a)));
+            prop_assert!(net.contains(IpAddr::V6(a.to_ipv6_mapped())));
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            let same = u32::from(a) & mask == u32::from(b) & mask;
+            prop_assert_eq!(net.contains(IpAddr::V4(b)), same);
+        }
+
+        #[test]
+        fn v6_networks_match_v6_addresses_only(a in any::<[u8; 16]>(), prefix in 0u8..=128, v4 in any::<[u8; 4]>()) {
+            let a = Ipv6Addr::from(a);
+            let net: IpNet = format!("{a}/{prefix}").parse().expect("a valid CIDR");
+            prop_assert!(net.contains(IpAddr::V6(a)));
+            prop_assert!(!net.contains(IpAddr::V4(Ipv4Addr::from(v4))));
+        }
+
+        #[test]
+        fn prefixes_beyond_the_family_are_refused(a in any::<[u8; 4]>(), prefix in 33u16..1000) {
+            let s = format!("{}/{prefix}", Ipv4Addr::from(a));
+            prop_assert!(s.parse::<IpNet>().is_err());
+        }
+    }
+}

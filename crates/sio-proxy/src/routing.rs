@@ -653,3 +653,40 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the handshake rewrite and tag parsing on arbitrary bytes.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_body_gets_an_answer(body in prop::collection::vec(any::<u8>(), 0..300)) {
+            let tag = TagKey::new(b"s").tag_for(SocketAddr::from(([127, 0, 0, 1], 3000)));
+            if let Some(out) = rewrite_handshake(&body, &tag) {
+                prop_assert_eq!(out.len(), body.len() + TAG_LEN);
+                prop_assert_eq!(out[0], b'0');
+                // Removing the tag gives the body back.
+                let at = out.windows(TAG_LEN).position(|w| w == tag.as_bytes()).expect("tag");
+                let mut back = out[..at].to_vec();
+                back.extend_from_slice(&out[at + TAG_LEN..]);
+                prop_assert_eq!(back, body);
+            }
+        }
+
+        #[test]
+        fn tags_parse_only_from_base64url(sid in "\\PC{0,20}") {
+            match Tag::from_sid_prefix(&sid) {
+                Some(tag) => {
+                    prop_assert!(sid.starts_with(tag.as_str()));
+                    prop_assert!(tag.as_str().bytes().all(is_base64url));
+                }
+                None => prop_assert!(
+                    sid.len() < TAG_LEN || !sid.as_bytes()[..TAG_LEN].iter().all(|b| is_base64url(*b))
+                ),
+            }
+        }
+    }
+}

@@ -125,3 +125,33 @@ mod tests {
         assert_eq!(parse_stream_id("x-1"), None);
     }
 }
+
+/// Property tests of stream ids as clients send them back.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_gets_an_answer(s in "\\PC{0,60}") {
+            let _ = parse_stream_id(&s);
+        }
+
+        #[test]
+        fn ids_round_trip_and_order_like_redis(a in any::<u64>(), b in any::<u64>(), c in any::<u64>(), d in any::<u64>()) {
+            prop_assert_eq!(parse_stream_id(&format!("{a}-{b}")), Some((a, b)));
+            prop_assert_eq!(parse_stream_id(&a.to_string()), Some((a, 0)));
+            let (x, y) = (format!("{a}-{b}"), format!("{c}-{d}"));
+            prop_assert_eq!(parse_stream_id(&x).cmp(&parse_stream_id(&y)), (a, b).cmp(&(c, d)));
+        }
+
+        #[test]
+        fn out_of_range_parts_are_refused(a in any::<u64>()) {
+            prop_assert_eq!(parse_stream_id(&format!("{a}0000000000000000000000-0")), None);
+            prop_assert_eq!(parse_stream_id(&format!("{a}-x")), None);
+            prop_assert_eq!(parse_stream_id(&format!("-{a}")), None);
+        }
+    }
+}

@@ -351,3 +351,45 @@ mod tests {
         assert!(f.blocked(IpAddr::V4(Ipv4Addr::from(1)), now).is_none());
     }
 }
+
+/// Property tests of admin session ids, which come back from any client: any text gets an
+/// answer, an issued id is valid, and an id changed in any way is not.
+#[cfg(test)]
+mod props {
+    use std::sync::LazyLock;
+
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        admin: AdminConfig,
+    }
+
+    static LOGIN: LazyLock<Login> = LazyLock::new(|| {
+        let hash = bcrypt::hash("s3cret", 4).expect("hash");
+        let cli = Cli::parse_from(["x", "--admin-user", "admin", "--admin-password-hash", &hash]);
+        Login::new(&cli.admin)
+    });
+
+    proptest! {
+        #[test]
+        fn any_text_gets_an_answer(s in "\\PC{0,80}") {
+            prop_assert!(!LOGIN.session_valid(&s));
+        }
+
+        #[test]
+        fn issued_ids_are_valid_and_changed_ones_are_not(at in any::<prop::sample::Index>(), c in "[g-zG-Z.-]") {
+            let id = LOGIN.new_session();
+            prop_assert!(LOGIN.session_valid(&id));
+            let i = at.index(id.len());
+            let mut changed = id.clone();
+            changed.replace_range(i..=i, &c);
+            prop_assert_eq!(LOGIN.session_valid(&changed), changed == id);
+            prop_assert!(!LOGIN.session_valid(&id[..i]));
+        }
+    }
+}
