@@ -37,6 +37,11 @@
 //! the last leaves (a user's further sockets on the same node cost nothing). After a Redis
 //! reconnect the driver resubscribes every tracked channel, one command each.
 //!
+//! Upgrading from the single `{p}:notify` channel: nodes of the two versions do not hear each
+//! other's live notifications (the message format changed too), but nothing is lost: every
+//! notification is in the stream, and a socket on a new node catches up at the next
+//! notification it receives (its `previous` reveals the gap) or at its next connect.
+//!
 //! # No gap goes unnoticed
 //! Each message carries `previous`, the id of the entry before it in the user's stream
 //! (returned by the same script that appended it). A node hands it to a socket live only when
