@@ -255,7 +255,7 @@ async fn notify<A: Adapter>(
     let Some(fanout) = node.fanout.get() else {
         return Err(ApiError::unavailable("node is starting"));
     };
-    let id = n.id.clone();
+    let id = n.notification.id.clone();
     match fanout(user, n).await {
         Ok(delivered) => Ok(Json(NotifyResponse { id, delivered })),
         Err(e) => Err(ApiError::unavailable(format!(

@@ -22,6 +22,7 @@ pub mod grants;
 pub mod join_hook;
 pub mod jwt_key;
 pub mod metrics;
+pub mod notification_cursor;
 pub mod notifications;
 pub mod room_auth;
 pub mod secret;

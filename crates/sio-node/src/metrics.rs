@@ -70,6 +70,12 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// 1 once the node is draining.
     pub draining: IntGauge,
+    /// Catch-ups started for a live `/notifications` socket, by reason (`buffer_full`, `gap`,
+    /// `resync`).
+    pub notification_catchups: IntCounterVec,
+    /// Notifications read from a user's stream and sent to a socket (connect replays and
+    /// catch-ups).
+    pub notifications_replayed: IntCounter,
 }
 
 impl Metrics {
@@ -226,6 +232,19 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let notification_catchups = IntCounterVec::new(
+            Opts::new(
+                "sio_notification_catchups_total",
+                "Catch-ups from the stream started for a live notifications socket, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let notifications_replayed = IntCounter::new(
+            "sio_notifications_replayed_total",
+            "Notifications read from a user's stream and sent to a socket (connect replays and catch-ups)",
+        )
+        .expect("metric");
 
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -249,6 +268,8 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(draining.clone()),
             Box::new(build_info),
+            Box::new(notification_catchups.clone()),
+            Box::new(notifications_replayed.clone()),
         ] {
             reg(c);
         }
@@ -320,6 +341,9 @@ impl Metrics {
         for route in crate::api::ROUTES {
             api_duration.with_label_values(&[route]);
         }
+        for reason in crate::notification_cursor::CatchUpReason::ALL {
+            notification_catchups.with_label_values(&[reason.label()]);
+        }
 
         Self {
             registry,
@@ -347,6 +371,8 @@ impl Metrics {
             heartbeat_duration,
             ready,
             draining,
+            notification_catchups,
+            notifications_replayed,
         }
     }
 

@@ -2,9 +2,10 @@
 //! every socket of a user, live or replayed.
 //!
 //! A client that connects with `auth.lastNotificationId` first receives, in order, every
-//! stored notification after that id, then live ones; a notification published while the
-//! replay runs is held back and delivered after it, and one the replay already delivered is
-//! not delivered again. Each notification therefore reaches each socket exactly once. Every
+//! stored notification after that id, then live ones. Each socket has a cursor (the last id
+//! it was actually sent) and delivers nothing newer before the gaps behind it are filled from
+//! the stream (see [`crate::notification_cursor`]): each notification reaches each socket
+//! exactly once, in order, even when its buffer was full or the node missed a message. Every
 //! connect ends with `notifications-synced` `{lastNotificationId, replayed}`, the id the client
 //! is up to date with (`"0-0"` for a user without notifications), for it to pass back on its
 //! next connect.
@@ -17,10 +18,13 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
 use sio_redis_adapter::types::parse_stream_id;
-use sio_redis_adapter::{Notification, SocketEntry};
+use sio_redis_adapter::{Appended, SocketEntry, UserSubscription};
 
 use crate::connect::{self, ConnectRefused};
-use crate::session::{NotificationCursor, SocketSession};
+use crate::notification_cursor::{
+    CatchUpReason, Connect, NotificationCursor, Offered, StreamId, catch_up,
+};
+use crate::session::SocketSession;
 use crate::state::NodeState;
 
 /// Path of the notifications namespace.
@@ -33,7 +37,7 @@ pub fn user_room(user: &str) -> String {
 
 fn last_notification_id(
     auth: Option<&serde_json::Value>,
-) -> Result<Option<String>, ConnectRefused> {
+) -> Result<Option<StreamId>, ConnectRefused> {
     let bad = || {
         ConnectRefused::BadInput(
             "lastNotificationId must be the id of a notification you received, like \"1712345678901-0\"".into(),
@@ -42,16 +46,14 @@ fn last_notification_id(
     match auth.and_then(|a| a.get("lastNotificationId")) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
-        Some(serde_json::Value::String(s)) => {
-            parse_stream_id(s).map(|_| Some(s.clone())).ok_or_else(bad)
-        }
-        Some(serde_json::Value::Number(n)) if n.is_u64() => Ok(Some(format!("{n}-0"))),
+        Some(serde_json::Value::String(s)) => parse_stream_id(s).map(Some).ok_or_else(bad),
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|ms| Some((ms, 0))).ok_or_else(bad),
         Some(_) => Err(bad()),
     }
 }
 
-/// Connect middleware: authenticates, puts the socket in its user's room and prepares the
-/// replay before the client sees its CONNECT.
+/// Connect middleware: authenticates and puts the socket in its user's room, its cursor
+/// waiting for the connect's catch-up, before the client sees its CONNECT.
 pub async fn middleware<A: Adapter>(
     socket: SocketRef<A>,
     State(node): State<Arc<NodeState>>,
@@ -60,18 +62,32 @@ pub async fn middleware<A: Adapter>(
     let auth = auth.ok();
     let session = connect::admit(&node, &socket, auth.as_ref())?;
     let after = last_notification_id(auth.as_ref())?;
-    // Live notifications wait until the replay (or the look-up of the newest id) is done.
-    *session.cursor() = NotificationCursor::Replaying {
-        after: after.clone(),
-        pending: Vec::new(),
-    };
+    // With Redis, this node must receive the user's notifications before the client is told
+    // it is connected: its catch-up reads the stream, and live ones must follow.
+    if let Some(bus) = node.notify_bus.get() {
+        let subscription = connect::with_retries(|| bus.subscribe_user(session.user.as_str()))
+            .await
+            .map_err(|e| ConnectRefused::Unavailable(e.to_string()))?;
+        socket.extensions.insert(Arc::new(subscription));
+    }
+    socket.extensions.insert(LastNotificationId(after));
+    socket.extensions.insert(NotificationCursor::connecting());
     socket.on_disconnect(on_disconnect::<A>);
     socket.join(user_room(session.user.as_str()));
     socket.extensions.insert(session);
     Ok(())
 }
 
-/// Connect handler: replays what the client missed, then lets the queued events run.
+/// The `lastNotificationId` a socket connected with.
+#[derive(Debug, Clone, Copy)]
+struct LastNotificationId(Option<StreamId>);
+
+fn cursor<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<NotificationCursor>> {
+    socket.extensions.get::<Arc<NotificationCursor>>()
+}
+
+/// Connect handler: records the socket, replays what the client missed, then lets the queued
+/// events run.
 pub async fn on_connect<A: Adapter>(
     socket: SocketRef<A>,
     io: SocketIo<A>,
@@ -79,11 +95,7 @@ pub async fn on_connect<A: Adapter>(
 ) {
     let (s, n) = (socket.clone(), node.clone());
     connect::connected(&node, &io, &socket, move |session| {
-        let after = match &*session.cursor() {
-            NotificationCursor::Replaying { after, .. } => after.clone(),
-            NotificationCursor::Live { .. } => None,
-        };
-        after_connect(s, n, session, after)
+        after_connect(s, n, session)
     });
 }
 
@@ -91,7 +103,6 @@ async fn after_connect<A: Adapter>(
     socket: SocketRef<A>,
     node: Arc<NodeState>,
     session: Arc<SocketSession>,
-    after: Option<String>,
 ) {
     let user = session.user.as_str();
     let entry = SocketEntry {
@@ -102,80 +113,20 @@ async fn after_connect<A: Adapter>(
     if let Err(e) = node.store.add_socket(user, &entry).await {
         tracing::warn!(user, "could not record socket: {e}");
     }
-    let replay_failed = |e: &dyn std::fmt::Display| {
-        tracing::warn!(user, "notification replay failed: {e}");
-        let _ = socket.emit(
-            "error",
-            &serde_json::json!({
-                "event": "notification",
-                "code": "replay_failed",
-                "message": format!("missed notifications could not be loaded ({e}); reconnect to retry"),
-            }),
-        );
+    let (Some(cursor), Some(LastNotificationId(after))) = (
+        cursor(&socket),
+        socket.extensions.get::<LastNotificationId>(),
+    ) else {
+        return;
     };
-    // With a last id: the stored notifications after it. Without: nothing to replay, but the
-    // newest stored id tells the client where it stands (see `notifications-synced`).
-    let (stored, tail) = match &after {
-        Some(after) => {
-            match connect::with_retries(|| node.store.notifications_after(user, after)).await {
-                Ok(list) => (list, None),
-                Err(e) => {
-                    replay_failed(&e);
-                    (Vec::new(), None)
-                }
-            }
-        }
-        None => match connect::with_retries(|| node.store.last_notification_id(user)).await {
-            Ok(tail) => (Vec::new(), tail),
-            Err(e) => {
-                replay_failed(&e);
-                (Vec::new(), None)
-            }
-        },
-    };
-    let after_id = after.as_deref().and_then(parse_stream_id);
-    // Everything up to the newest stored id was read by the replay; a stream id is never
-    // reused nor issued out of order, so live notifications at or below it are duplicates.
-    // Without a replay every live notification is new to this socket.
-    let floor = if after.is_some() {
-        stored
-            .iter()
-            .filter_map(|n| parse_stream_id(&n.id))
-            .max()
-            .max(after_id)
-    } else {
-        None
-    };
-    let mut cursor = session.cursor();
-    let mut pending = match std::mem::replace(&mut *cursor, NotificationCursor::Live { floor }) {
-        NotificationCursor::Replaying { pending, .. } => pending,
-        NotificationCursor::Live { .. } => Vec::new(),
-    };
-    pending.sort_by_key(|n| parse_stream_id(&n.id));
-    pending.dedup_by(|a, b| a.id == b.id);
-    let mut sent = 0;
-    let mut last = floor.max(tail.as_deref().and_then(parse_stream_id));
-    let replayed: Vec<&Notification> = stored
-        .iter()
-        .filter(|n| parse_stream_id(&n.id) > after_id)
-        .collect();
-    let held_back = pending.iter().filter(|n| parse_stream_id(&n.id) > floor);
-    for n in replayed.iter().copied().chain(held_back) {
-        if socket.emit("notification", n).is_ok() {
-            sent += 1;
-        }
-        last = last.max(parse_stream_id(&n.id));
-    }
-    // "0-0" when the user has no notification yet: passed back on a reconnect, it replays
-    // everything stored since, including what was in flight when the connection dropped.
-    let (ms, seq) = last.unwrap_or((0, 0));
-    let synced = serde_json::json!({
-        "lastNotificationId": format!("{ms}-{seq}"),
-        "replayed": replayed.len(),
-    });
-    let _ = socket.emit("notifications-synced", &synced);
-    drop(cursor);
-    node.metrics.notifications_delivered.inc_by(sent);
+    catch_up(
+        socket,
+        node,
+        user.to_owned(),
+        cursor,
+        Some(Connect { after }),
+    )
+    .await;
 }
 
 async fn on_disconnect<A: Adapter>(
@@ -184,6 +135,8 @@ async fn on_disconnect<A: Adapter>(
     State(node): State<Arc<NodeState>>,
 ) {
     connect::disconnected(&node, &socket, reason);
+    // The user's channel is left with the user's last socket on this node.
+    drop(socket.extensions.remove::<Arc<UserSubscription>>());
     let Some(session) = connect::session(&socket) else {
         return;
     };
@@ -202,42 +155,68 @@ async fn on_disconnect<A: Adapter>(
 }
 
 /// Hands `n` to every `/notifications` socket of `user` on this node; returns how many
-/// sockets got it (or will get it once their replay ends).
+/// sockets got it, or will get it from the stream (connect replay or catch-up).
 pub fn deliver_local<A: Adapter>(
     io: &SocketIo<A>,
-    node: &NodeState,
+    node: &Arc<NodeState>,
     user: &str,
-    n: &Notification,
+    n: &Appended,
 ) -> u64 {
     let Some(ns) = io.of(NAMESPACE) else {
         return 0;
     };
-    let id = parse_stream_id(&n.id);
     let mut reached = 0;
     let mut sent = 0;
     for socket in ns.local().within(user_room(user)).sockets() {
-        let Some(session) = connect::session(&socket) else {
+        let Some(cursor) = cursor(&socket) else {
             continue;
         };
-        let mut cursor = session.cursor();
-        match &mut *cursor {
-            NotificationCursor::Replaying { pending, .. } => {
-                pending.push(n.clone());
+        match cursor.offer(&socket, n) {
+            Offered::Sent => {
+                sent += 1;
                 reached += 1;
             }
-            NotificationCursor::Live { floor } => {
-                if id.is_some() && id <= *floor {
-                    // already replayed to this socket
-                    reached += 1;
-                } else if socket.emit("notification", n).is_ok() {
-                    reached += 1;
-                    sent += 1;
-                }
+            Offered::Duplicate | Offered::Deferred => reached += 1,
+            Offered::CatchUp(reason) => {
+                reached += 1;
+                start_catch_up(node, socket, user.to_owned(), cursor, reason);
             }
+            Offered::Closed => {}
         }
     }
     node.metrics.notifications_delivered.inc_by(sent);
     reached
+}
+
+/// Notifications may have been lost on their way to this node: every local `/notifications`
+/// socket reads its user's stream after its cursor.
+pub fn resync_local<A: Adapter>(io: &SocketIo<A>, node: &Arc<NodeState>) {
+    let Some(ns) = io.of(NAMESPACE) else {
+        return;
+    };
+    for socket in ns.local().sockets() {
+        let (Some(cursor), Some(session)) = (cursor(&socket), connect::session(&socket)) else {
+            continue;
+        };
+        if cursor.resync() {
+            let user = session.user.as_str().to_owned();
+            start_catch_up(node, socket, user, cursor, CatchUpReason::Resync);
+        }
+    }
+}
+
+fn start_catch_up<A: Adapter>(
+    node: &Arc<NodeState>,
+    socket: SocketRef<A>,
+    user: String,
+    cursor: Arc<NotificationCursor>,
+    reason: CatchUpReason,
+) {
+    node.metrics
+        .notification_catchups
+        .with_label_values(&[reason.label()])
+        .inc();
+    tokio::spawn(catch_up(socket, node.clone(), user, cursor, None));
 }
 
 #[cfg(test)]
@@ -251,11 +230,11 @@ mod tests {
         assert_eq!(last_notification_id(Some(&json!({}))).unwrap(), None);
         assert_eq!(
             last_notification_id(Some(&json!({"lastNotificationId": "17-3"}))).unwrap(),
-            Some("17-3".into())
+            Some((17, 3))
         );
         assert_eq!(
             last_notification_id(Some(&json!({"lastNotificationId": 17}))).unwrap(),
-            Some("17-0".into())
+            Some((17, 0))
         );
         assert!(last_notification_id(Some(&json!({"lastNotificationId": "yesterday"}))).is_err());
         assert!(last_notification_id(Some(&json!({"lastNotificationId": [1]}))).is_err());

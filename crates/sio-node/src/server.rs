@@ -172,6 +172,7 @@ fn new_state(
         drain: crate::drain::DrainState::default(),
         cleanups: tokio_util::task::TaskTracker::new(),
         admin_disconnects: Default::default(),
+        notify_bus: std::sync::OnceLock::new(),
         config,
     }))
 }
@@ -292,14 +293,17 @@ where
                 Box::pin(async move { Ok(delivered) })
             }),
             Some(c) => {
+                let (resync_io, resync_node) = (io.clone(), node.clone());
                 let bus = NotifyBus::start(
                     c.driver.clone(),
                     c.keys.clone(),
                     node.server_uid.clone(),
                     REQUEST_TIMEOUT,
                     local,
+                    Arc::new(move || notifications::resync_local(&resync_io, &resync_node)),
                 )
                 .await?;
+                let _ = node.notify_bus.set(bus.clone());
                 Arc::new(move |user, n| {
                     let bus = bus.clone();
                     Box::pin(async move { bus.publish(&user, &n).await })

@@ -13,8 +13,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sio_redis_adapter::Notification;
-
 use crate::auth::{Identity, UserId};
 use crate::expiry::TimerId;
 
@@ -218,23 +216,6 @@ impl EventRate {
     }
 }
 
-/// Where a `/notifications` socket stands between replay and live delivery.
-#[derive(Debug)]
-pub enum NotificationCursor {
-    /// Stored notifications after `after` are being replayed; live ones wait in `pending`.
-    Replaying {
-        /// Last id the client said it saw, if it said one.
-        after: Option<String>,
-        /// Live notifications that arrived during the replay, in arrival order.
-        pending: Vec<Notification>,
-    },
-    /// Live delivery; notifications with ids at or below `floor` were already replayed.
-    Live {
-        /// Highest replayed id, if there was a replay.
-        floor: Option<(u64, u64)>,
-    },
-}
-
 /// Everything this node keeps about one socket.
 #[derive(Debug)]
 pub struct SocketSession {
@@ -248,8 +229,6 @@ pub struct SocketSession {
     pub queue: Arc<EventQueue>,
     /// Chat rooms this socket is in (namespace `/` only).
     rooms: Mutex<BTreeSet<String>>,
-    /// Replay/live state (namespace `/notifications` only).
-    pub notifications: Mutex<NotificationCursor>,
     /// The socket's event rate (`--event-rate`, `--event-burst`).
     rate: Mutex<Option<EventRate>>,
 }
@@ -263,7 +242,6 @@ impl SocketSession {
             expiry: Mutex::new(None),
             queue: Arc::new(EventQueue::default()),
             rooms: Mutex::new(BTreeSet::new()),
-            notifications: Mutex::new(NotificationCursor::Live { floor: None }),
             rate: Mutex::new(None),
         })
     }
@@ -316,11 +294,6 @@ impl SocketSession {
     /// Takes the expiry timer of the socket, to cancel it.
     pub fn take_expiry_timer(&self) -> Option<TimerId> {
         lock(&self.expiry).take()
-    }
-
-    /// Locks the notification cursor (never held across an await).
-    pub fn cursor(&self) -> MutexGuard<'_, NotificationCursor> {
-        lock(&self.notifications)
     }
 }
 

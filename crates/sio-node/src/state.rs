@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use sio_redis_adapter::{Notification, SioDriver, Store};
+use sio_redis_adapter::{Appended, SioDriver, Store};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -90,7 +90,7 @@ impl RoomChannels {
 pub type NotificationFanout = Arc<
     dyn Fn(
             String,
-            Notification,
+            Appended,
         )
             -> futures::future::BoxFuture<'static, Result<u64, sio_redis_adapter::StoreError>>
         + Send
@@ -136,6 +136,9 @@ pub struct NodeState {
     pub cleanups: tokio_util::task::TaskTracker,
     /// Why sockets disconnected, for the admin UI's development mode.
     pub admin_disconnects: crate::admin::disconnects::DisconnectLog,
+    /// The cross-node notification bus (with Redis): where `/notifications` sockets subscribe
+    /// to their user's channel.
+    pub notify_bus: std::sync::OnceLock<Arc<sio_redis_adapter::NotifyBus>>,
 }
 
 impl std::fmt::Debug for NodeState {

@@ -16,7 +16,10 @@
 //!   once per [`DROP_LOG_INTERVAL`];
 //! - every adapter message received is counted as useful or wasted
 //!   (`sio_adapter_messages_handled_total`), and the subscriptions held are a gauge;
-//! - publishes go through a separate client, are counted and their failures reported.
+//! - publishes go through a separate client, are counted and their failures reported;
+//! - every moment messages may have been lost (a resubscription completed, a queue
+//!   overflowed) bumps [`SioDriver::losses`], so consumers that can repair a gap (the
+//!   notification catch-up) know when to look.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +31,7 @@ use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Message;
 use socketioxide_core::Uid;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::keys::Keys;
 use crate::metrics::{AdapterMetrics, channel_kind};
@@ -80,6 +83,7 @@ struct Inner {
     seen: Mutex<Seen>,
     /// This node's adapter uid, learnt from its response channel.
     uid: OnceLock<Uid>,
+    losses: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for SioDriver {
@@ -123,6 +127,7 @@ impl SioDriver {
             interest: RwLock::new(Interest::new()),
             seen: Mutex::new(Seen::new(SEEN_CAPACITY)),
             uid: OnceLock::new(),
+            losses: watch::Sender::new(0),
         });
         tokio::spawn(dispatch(
             Arc::downgrade(&inner),
@@ -138,6 +143,33 @@ impl SioDriver {
     /// Shared flag: true while every channel is subscribed.
     pub fn subscribed(&self) -> Arc<AtomicBool> {
         self.inner.subscribed.clone()
+    }
+
+    /// A counter bumped whenever messages may have been lost: the subscription came back
+    /// after being down (what was published meanwhile is gone) or a queue overflowed.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.inner.losses.subscribe()
+    }
+
+    /// Subscribes to shard channel `chan`, its messages going to `tx` (which many channels
+    /// may share, unlike [`Driver::subscribe`]'s one queue per channel).
+    pub async fn subscribe_into(
+        &self,
+        chan: &str,
+        tx: mpsc::Sender<ChanItem>,
+    ) -> Result<(), DriverError> {
+        let new = write(&self.inner.handlers)
+            .insert(chan.to_owned(), tx)
+            .is_none();
+        if let Err(e) = self.inner.subscriber.ssubscribe(chan).await {
+            write(&self.inner.handlers).remove(chan);
+            return Err(e.into());
+        }
+        if new {
+            // counted like every other channel; `Driver::unsubscribe` takes it off again
+            self.inner.metrics.subscriptions.inc();
+        }
+        Ok(())
     }
 
     /// The publishing client (also used for commands).
@@ -237,6 +269,7 @@ impl Inner {
         self.metrics.subscribed.set(i64::from(up));
         if was != up {
             if up {
+                self.losses.send_modify(|n| *n += 1);
                 tracing::info!("redis: every channel subscribed");
             } else {
                 tracing::warn!(
@@ -335,6 +368,7 @@ impl Inner {
 
     fn dropped(&self, queue: &'static str, n: u64) {
         self.metrics.dropped.with_label_values(&[queue]).inc_by(n);
+        self.losses.send_modify(|l| *l += 1);
         let total = self.drops_since_log.fetch_add(n, Ordering::Relaxed) + n;
         let mut last = lock(&self.last_drop_log);
         if last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {

@@ -67,9 +67,10 @@ impl Keys {
         format!("{}:nodes:info", self.prefix)
     }
 
-    /// Shard channel: notifications to deliver live on every node.
-    pub fn notify_channel(&self) -> String {
-        format!("{}:notify", self.prefix)
+    /// Shard channel: `user`'s notifications, to the nodes holding a socket of the user (same
+    /// hash tag, so same Redis Cluster slot, as the user's keys).
+    pub fn notify_channel(&self, user: &str) -> String {
+        format!("{}:notify:{{{}}}", self.prefix, tag(user))
     }
 
     /// Shard channel: delivery counts answered to the node with server uid `uid`.

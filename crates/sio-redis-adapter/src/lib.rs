@@ -48,7 +48,7 @@
 //! | `{p}-request#{ns}#{uid}#` | shard channel | adapter requests to node `uid` |
 //! | `{p}-response#{ns}#{uid}#` | shard channel | answers to node `uid`'s requests |
 //! | `{p}-room#{ns}#{room}` | shard channel | broadcasts to `room` (same msgpack request), subscribed while the node has local members of the room ([`routing`]) |
-//! | `{p}:notify` | shard channel | notifications to deliver live (JSON `{user, notification, origin, req}`) |
+//! | `{p}:notify:{<user>}` | shard channel | the user's notifications, to the nodes with a socket of the user (JSON `{user, notification: {notification, previous}, origin, req}`) |
 //! | `{p}:notify-reply:{uid}` | shard channel | delivery counts for node `uid` (JSON `{req, delivered}`) |
 //! | `{p}:admin` | shard channel | admin UI requests to every node: list sockets, apply a command (JSON, sio-node `admin::bus`) |
 //! | `{p}:admin-reply:{uid}` | shard channel | answers to node `uid`'s admin requests (JSON `{req, node, affected, sockets}`) |
@@ -70,8 +70,10 @@
 //!
 //! # Notifications
 //!
-//! See [`notify`]: stored with `XADD … MAXLEN ~`, delivered live through `{p}:notify`, the
-//! delivery count summed from every node's answer, replayed with `XRANGE (<last id> +`.
+//! See [`notify`]: stored by a script (`XADD … MAXLEN ~`, answering the new id and the one
+//! before it), delivered live through the user's channel `{p}:notify:{<user>}` to the nodes
+//! that subscribed to it (those holding a socket of the user), the delivery count summed from
+//! their answers, replayed and gaps filled with `XRANGE (<last id> + COUNT n`.
 
 //!
 //! # Features
@@ -108,12 +110,12 @@ pub use driver::SioDriver;
 pub use error::{StoreError, StoreResult};
 pub use keys::Keys;
 #[cfg(feature = "adapter")]
-pub use notify::NotifyBus;
+pub use notify::{NotifyBus, UserSubscription};
 #[cfg(feature = "adapter")]
 pub use routing::{RoomRouting, Routing};
 #[cfg(feature = "adapter")]
 pub use store::{LocalLeases, Membership, Store};
-pub use types::{NodeInfo, Notification, SocketEntry};
+pub use types::{Appended, NodeInfo, Notification, SocketEntry};
 
 /// The socketioxide adapter of a clustered node.
 #[cfg(feature = "adapter")]

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
-use crate::types::{NodeInfo, Notification, SocketEntry, now_ms, parse_stream_id};
+use crate::types::{Appended, NodeInfo, Notification, SocketEntry, now_ms, parse_stream_id};
 
 /// State of one standalone node, kept in memory.
 #[derive(Debug)]
@@ -141,7 +141,7 @@ impl MemoryStore {
         user: &str,
         message: &str,
         timestamp: &str,
-    ) -> Notification {
+    ) -> Appended {
         let mut inner = self.lock();
         let now = now_ms();
         let id = if now > inner.last_id.0 {
@@ -156,11 +156,17 @@ impl MemoryStore {
             timestamp: timestamp.to_owned(),
         };
         let log = inner.notifications.entry(user.to_owned()).or_default();
+        let previous = log
+            .back()
+            .map_or_else(|| "0-0".to_owned(), |n| n.id.clone());
         log.push_back(notification.clone());
         while log.len() > self.notification_maxlen {
             log.pop_front();
         }
-        notification
+        Appended {
+            notification,
+            previous,
+        }
     }
 
     pub(crate) fn last_notification_id(&self, user: &str) -> Option<String> {
@@ -171,7 +177,12 @@ impl MemoryStore {
             .map(|n| n.id.clone())
     }
 
-    pub(crate) fn notifications_after(&self, user: &str, after: &str) -> Vec<Notification> {
+    pub(crate) fn notifications_after(
+        &self,
+        user: &str,
+        after: &str,
+        limit: Option<usize>,
+    ) -> Vec<Notification> {
         let Some(after) = parse_stream_id(after) else {
             return Vec::new();
         };
@@ -181,6 +192,7 @@ impl MemoryStore {
             .map(|log| {
                 log.iter()
                     .filter(|n| parse_stream_id(&n.id).is_some_and(|id| id > after))
+                    .take(limit.unwrap_or(usize::MAX))
                     .cloned()
                     .collect()
             })
@@ -230,17 +242,26 @@ mod tests {
     #[test]
     fn notifications_are_capped_and_replayed_after_an_id() {
         let s = MemoryStore::new(3);
-        let ids: Vec<String> = (0..5)
-            .map(|i| s.append_notification("u", &format!("m{i}"), "t").id)
+        let appended: Vec<Appended> = (0..5)
+            .map(|i| s.append_notification("u", &format!("m{i}"), "t"))
             .collect();
-        let after = s.notifications_after("u", &ids[2]);
+        // each names the entry before it
+        assert_eq!(appended[0].previous, "0-0");
+        for w in appended.windows(2) {
+            assert_eq!(w[1].previous, w[0].notification.id);
+        }
+        let ids: Vec<String> = appended.into_iter().map(|a| a.notification.id).collect();
+        let after = s.notifications_after("u", &ids[2], None);
         assert_eq!(
             after.iter().map(|n| n.message.as_str()).collect::<Vec<_>>(),
             ["m3", "m4"]
         );
+        let page = s.notifications_after("u", &ids[2], Some(1));
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].id, ids[3]);
         // only the last three are kept
-        assert_eq!(s.notifications_after("u", "0-0").len(), 3);
-        assert!(s.notifications_after("u", "garbage").is_empty());
+        assert_eq!(s.notifications_after("u", "0-0", None).len(), 3);
+        assert!(s.notifications_after("u", "garbage", None).is_empty());
     }
 
     #[test]
@@ -248,7 +269,8 @@ mod tests {
         let s = MemoryStore::new(100);
         let mut last = (0, 0);
         for _ in 0..50 {
-            let id = parse_stream_id(&s.append_notification("u", "m", "t").id).unwrap();
+            let id =
+                parse_stream_id(&s.append_notification("u", "m", "t").notification.id).unwrap();
             assert!(id > last);
             last = id;
         }

@@ -32,6 +32,11 @@ pub struct AdapterMetrics {
     /// Shard channels subscribed: the adapter's and buses' channels, and one per room with
     /// local members.
     pub subscriptions: IntGauge,
+    /// Per-user notification channels this node is subscribed to.
+    pub notify_subscriptions: IntGauge,
+    /// Notification messages received, by outcome: `useful` (a local socket of the user
+    /// got it) or `wasted` (none did).
+    pub notify_messages: IntCounterVec,
 }
 
 /// Kinds of `sio_adapter_messages_handled_total`.
@@ -111,7 +116,20 @@ impl AdapterMetrics {
             .expect("metric"),
             subscriptions: IntGauge::new(
                 "sio_adapter_subscriptions",
-                "Redis shard channels this node subscribes to (adapter channels and one per room with local members)",
+                "Redis shard channels this node subscribes to (adapter and bus channels, one per room with local members, one per user with local notification sockets)",
+            )
+            .expect("metric"),
+            notify_subscriptions: IntGauge::new(
+                "sio_adapter_notify_subscriptions",
+                "Per-user notification channels this node is subscribed to",
+            )
+            .expect("metric"),
+            notify_messages: IntCounterVec::new(
+                Opts::new(
+                    "sio_adapter_notify_messages_total",
+                    "Notification messages received, by outcome (useful: a local socket of the user got it; wasted: none did)",
+                ),
+                &["outcome"],
             )
             .expect("metric"),
         };
@@ -127,6 +145,8 @@ impl AdapterMetrics {
             Box::new(m.store_errors.clone()),
             Box::new(m.handled.clone()),
             Box::new(m.subscriptions.clone()),
+            Box::new(m.notify_subscriptions.clone()),
+            Box::new(m.notify_messages.clone()),
         ] {
             // Registering twice in one registry is a programming error.
             registry.register(c).expect("adapter metric registration");
@@ -148,6 +168,9 @@ impl AdapterMetrics {
         m.dropped.with_label_values(&["subscriber"]);
         m.request_duration.with_label_values(&["notify"]);
         m.request_timeouts.with_label_values(&["notify"]);
+        for outcome in ["useful", "wasted"] {
+            m.notify_messages.with_label_values(&[outcome]);
+        }
         m
     }
 }
@@ -164,7 +187,7 @@ pub fn channel_kind(channel: &str) -> &'static str {
         "response"
     } else if channel.contains(":notify-reply:") {
         "notify_reply"
-    } else if channel.ends_with(":notify") {
+    } else if channel.contains(":notify:{") {
         "notify"
     } else {
         "other"
@@ -184,7 +207,7 @@ mod tests {
             format!("{prefix}-request#/#"),
             format!("{prefix}-request#/#uid#"),
             format!("{prefix}-response#/#uid#"),
-            keys.notify_channel(),
+            keys.notify_channel("alice"),
             keys.notify_reply_channel("uid"),
         ];
         let kinds: Vec<&str> = channels.iter().map(|c| channel_kind(c)).collect();

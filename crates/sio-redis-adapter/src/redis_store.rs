@@ -19,7 +19,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::keys::Keys;
 use crate::metrics::AdapterMetrics;
 use crate::store::{LocalLeases, Membership};
-use crate::types::{NodeInfo, Notification, SocketEntry, now_ms};
+use crate::types::{Appended, NodeInfo, Notification, SocketEntry, now_ms};
 
 /// How long a user's room list and notification stream live without activity.
 pub const USER_STATE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -70,6 +70,18 @@ end
 return gone
 "#;
 
+/// KEYS: the user's notification stream. ARGV: maxlen, ttl (s), message, timestamp. Appends
+/// and returns `{new id, id of the newest entry before it or "0-0"}`, atomically, so the pair
+/// tells a node exactly which entry must precede the new one.
+const NOTIFY_APPEND: &str = r#"
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = '0-0'
+if #newest > 0 then previous = newest[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'message', ARGV[3], 'timestamp', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {id, previous}
+"#;
+
 /// Shared state of the cluster on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -81,6 +93,7 @@ pub struct RedisStore {
     join: Script,
     leave: Script,
     sweep: Script,
+    append: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -110,6 +123,7 @@ impl RedisStore {
             join: Script::from_lua(PRESENCE_JOIN),
             leave: Script::from_lua(PRESENCE_LEAVE),
             sweep: Script::from_lua(PRESENCE_SWEEP),
+            append: Script::from_lua(NOTIFY_APPEND),
         }
     }
 
@@ -323,29 +337,28 @@ impl RedisStore {
         user: &str,
         message: &str,
         timestamp: &str,
-    ) -> StoreResult<Notification> {
-        let key = self.keys.notifications(user);
-        let fields = vec![("message", message), ("timestamp", timestamp)];
-        let r: Result<String, _> = self
-            .client
-            .xadd(
-                &key,
-                false,
-                ("MAXLEN", "~", self.notification_maxlen as i64),
-                "*",
-                fields,
+    ) -> StoreResult<Appended> {
+        let r: Result<(String, String), _> = self
+            .append
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.keys.notifications(user)],
+                vec![
+                    self.notification_maxlen.to_string(),
+                    USER_STATE_TTL.as_secs().to_string(),
+                    message.to_owned(),
+                    timestamp.to_owned(),
+                ],
             )
             .await;
-        let id = self.count(r)?;
-        let r: Result<(), _> = self
-            .client
-            .expire(&key, USER_STATE_TTL.as_secs() as i64, None)
-            .await;
-        self.count(r)?;
-        Ok(Notification {
-            id,
-            message: message.to_owned(),
-            timestamp: timestamp.to_owned(),
+        let (id, previous) = self.count(r)?;
+        Ok(Appended {
+            notification: Notification {
+                id,
+                message: message.to_owned(),
+                timestamp: timestamp.to_owned(),
+            },
+            previous,
         })
     }
 
@@ -361,6 +374,7 @@ impl RedisStore {
         &self,
         user: &str,
         after: &str,
+        limit: Option<usize>,
     ) -> StoreResult<Vec<Notification>> {
         let r: Result<Vec<(String, HashMap<String, String>)>, _> = self
             .client
@@ -368,7 +382,7 @@ impl RedisStore {
                 self.keys.notifications(user),
                 format!("({after}"),
                 "+",
-                None,
+                limit.map(|n| n as u64),
             )
             .await;
         Ok(self

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::StoreResult;
 use crate::memory::MemoryStore;
 use crate::redis_store::RedisStore;
-use crate::types::{NodeInfo, Notification, SocketEntry, now_ms};
+use crate::types::{Appended, NodeInfo, Notification, SocketEntry, now_ms};
 
 /// A presence membership a node holds: `user` has socket `sid` in `room`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -148,13 +148,14 @@ impl Store {
         }
     }
 
-    /// Appends a notification to `user`'s capped log and returns it with its id.
+    /// Appends a notification to `user`'s capped log and returns it with its id and the id of
+    /// the entry before it.
     pub async fn append_notification(
         &self,
         user: &str,
         message: &str,
         timestamp: &str,
-    ) -> StoreResult<Notification> {
+    ) -> StoreResult<Appended> {
         match self {
             Store::Memory(m) => Ok(m.append_notification(user, message, timestamp)),
             Store::Redis(r) => r.append_notification(user, message, timestamp).await,
@@ -168,8 +169,22 @@ impl Store {
         after: &str,
     ) -> StoreResult<Vec<Notification>> {
         match self {
-            Store::Memory(m) => Ok(m.notifications_after(user, after)),
-            Store::Redis(r) => r.notifications_after(user, after).await,
+            Store::Memory(m) => Ok(m.notifications_after(user, after, None)),
+            Store::Redis(r) => r.notifications_after(user, after, None).await,
+        }
+    }
+
+    /// At most `limit` notifications of `user` strictly after stream id `after`, oldest first
+    /// (one page of a catch-up).
+    pub async fn notifications_page(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>> {
+        match self {
+            Store::Memory(m) => Ok(m.notifications_after(user, after, Some(limit))),
+            Store::Redis(r) => r.notifications_after(user, after, Some(limit)).await,
         }
     }
 

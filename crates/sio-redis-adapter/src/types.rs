@@ -16,6 +16,19 @@ pub struct Notification {
     pub timestamp: String,
 }
 
+/// A notification just appended to its user's stream, with the id of the entry before it.
+///
+/// `previous` (`"0-0"` for the first) is what lets a node see a gap: a socket whose last
+/// delivered id is not `previous` missed something (a failed emit, a message lost while the
+/// subscription was down) and must read the stream before it takes `notification` live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// The stored notification.
+    pub notification: Notification,
+    /// Id of the user's newest entry before this one (`"0-0"` when there was none).
+    pub previous: String,
+}
+
 /// What a node publishes about itself in the node registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fred::interfaces::ClientLike;
 use futures::StreamExt;
-use sio_redis_adapter::{Notification, NotifyBus, SioDriver};
+use sio_redis_adapter::{Appended, Notification, NotifyBus, SioDriver};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 
 use common::client::Client;
@@ -43,6 +43,7 @@ async fn full_queue_drops_are_counted_and_other_channels_keep_flowing() {
     let sender = connect(&settings).await;
     let (full_chan, free_chan) = (format!("{prefix}:full"), format!("{prefix}:free"));
     let driver = &receiver.cluster.driver;
+    let losses = driver.losses();
     let mut full = driver.subscribe(full_chan.clone(), 2).await.unwrap();
     let mut free = driver.subscribe(free_chan.clone(), 64).await.unwrap();
     let publisher = &sender.cluster.driver;
@@ -68,6 +69,10 @@ async fn full_queue_drops_are_counted_and_other_channels_keep_flowing() {
     }
     let dropped = metric(&receiver.registry, "sio_adapter_dropped_messages_total");
     assert_eq!(dropped, 8.0);
+    assert!(
+        *losses.borrow() >= 1,
+        "a drop is announced as a possible loss"
+    );
     assert!(metric(&receiver.registry, "sio_adapter_messages_received_total") >= 15.0);
 
     // the queue kept the oldest two, and takes new messages once it has room
@@ -111,6 +116,8 @@ async fn resubscribes_after_redis_restarts() {
     let mut stream = driver.subscribe(chan.clone(), 64).await.unwrap();
     let subscribed = driver.subscribed();
     let publisher = &sender.cluster.driver;
+    let losses = driver.losses();
+    let losses_before = *losses.borrow();
 
     assert!(subscribed.load(Ordering::SeqCst));
     assert_eq!(metric(&receiver.registry, "sio_adapter_subscribed"), 1.0);
@@ -138,6 +145,10 @@ async fn resubscribes_after_redis_restarts() {
     wait_until_back(&[driver, publisher]).await;
     assert_eq!(metric(&receiver.registry, "sio_adapter_subscribed"), 1.0);
     assert!(metric(&receiver.registry, "sio_adapter_reconnects_total") >= 1.0);
+    assert!(
+        *losses.borrow() > losses_before,
+        "the resubscription is announced as a possible loss"
+    );
     assert_eq!(publisher.num_serv(&chan).await.unwrap(), 1);
     let sent = publisher.publish_counted(&chan, b"after".to_vec()).await;
     assert_eq!(sent.unwrap(), 1);
@@ -203,20 +214,29 @@ async fn notification_fails_while_redis_is_down() {
     let settings = settings(&server, &random_prefix());
     let node = connect(&settings).await;
     let deliver: sio_redis_adapter::notify::LocalDelivery = Arc::new(|_, _| 1);
+    let resyncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = resyncs.clone();
     let bus = NotifyBus::start(
         node.cluster.driver.clone(),
         node.cluster.keys.clone(),
         "node-a".to_owned(),
         Duration::from_secs(2),
         deliver,
+        Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }),
     )
     .await
     .unwrap();
-    let notification = Notification {
-        id: "1-0".to_owned(),
-        message: "hi".to_owned(),
-        timestamp: "t".to_owned(),
+    let notification = Appended {
+        notification: Notification {
+            id: "1-0".to_owned(),
+            message: "hi".to_owned(),
+            timestamp: "t".to_owned(),
+        },
+        previous: "0-0".to_owned(),
     };
+    let _alice = bus.subscribe_user("alice").await.unwrap();
     assert_eq!(bus.publish("alice", &notification).await.unwrap(), 1);
 
     server.kill();
@@ -234,4 +254,14 @@ async fn notification_fails_while_redis_is_down() {
         "notify while Redis is down: {published:?}"
     );
     assert!(stored.is_err(), "store while Redis is down: {stored:?}");
+
+    // once Redis is back, the bus asks the node to check its sockets' streams: whatever was
+    // published meanwhile never reached this node
+    let before = resyncs.load(Ordering::SeqCst);
+    server.restart().await;
+    wait_until_back(&[&node.cluster.driver]).await;
+    eventually("the bus to ask for a resync", async || {
+        resyncs.load(Ordering::SeqCst) > before
+    })
+    .await;
 }

@@ -195,12 +195,15 @@ async fn presence_first_and_last(a: &Store, b: &Store) {
 
 /// `slack`: how many entries more than [`MAXLEN`] the backend may keep.
 async fn notifications_in_order_and_capped(store: &Store, slack: usize) {
-    let mut ids = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for i in 0..5 {
-        let n = store
+        let appended = store
             .append_notification("alice", &format!("m{i}"), &format!("t{i}"))
             .await
             .unwrap();
+        let previous = ids.last().map_or("0-0", String::as_str);
+        assert_eq!(appended.previous, previous, "previous id of m{i}");
+        let n = appended.notification;
         assert_eq!(
             (n.message.as_str(), n.timestamp.as_str()),
             (&*format!("m{i}"), &*format!("t{i}"))
@@ -229,6 +232,8 @@ async fn notifications_in_order_and_capped(store: &Store, slack: usize) {
     assert_eq!(all[3].timestamp, "t3");
     let later = store.notifications_after("alice", &ids[1]).await.unwrap();
     assert_eq!(later, all[2..]);
+    let page = store.notifications_page("alice", &ids[1], 2).await.unwrap();
+    assert_eq!(page, all[2..4]);
     assert!(
         store
             .notifications_after("alice", &ids[4])
