@@ -102,3 +102,39 @@ fn the_admin_ui_served_by_the_cluster_shows_and_steers_every_node() {
         .count();
     assert!(applied >= 1, "no node logged the admin commands it applied");
 }
+
+/// The admin log-in's lock-out counts the address sio-proxy resolved (`X-Real-IP`), not the
+/// `X-Forwarded-For` or `X-Real-IP` a client writes itself (found by the fuzzer: the leftmost
+/// `X-Forwarded-For` was believed, so each failure could come from a new "address").
+#[test]
+fn forged_forwarding_headers_do_not_dodge_the_admin_lock_out() {
+    let test = "admin_lockout";
+    let c = Cluster::start(
+        test,
+        1,
+        &["--admin-user", "admin", "--admin-password-hash", ADMIN_HASH],
+    );
+    let url = c.redis.url();
+    let proxy = Proxy::start(
+        test,
+        "proxy",
+        &[
+            "--backends-redis",
+            &url,
+            "--redis-prefix",
+            &c.prefix,
+            "--trust-forwarded",
+            "127.0.0.0/8",
+        ],
+    );
+    proxy.wait_healthy_backends(1, Duration::from_secs(20));
+    run_js(
+        "admin-lockout.mjs",
+        &[
+            ("URL", proxy.url()),
+            ("ADMIN_USER", "admin".to_owned()),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+            ("FAILURES", "5".to_owned()),
+        ],
+    );
+}

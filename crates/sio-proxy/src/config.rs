@@ -79,11 +79,17 @@ pub struct IpNet {
 }
 
 impl IpNet {
-    /// Whether `ip` lies in this network. IPv4-mapped IPv6 addresses match IPv4 networks.
+    /// Whether `ip` lies in this network. An IPv4 address and its IPv4-mapped IPv6 form are
+    /// one address: either matches an IPv4 network, and an IPv6 network that holds the mapped
+    /// form (`::ffff:10.0.0.0/104` is `10.0.0.0/8`).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
+        };
+        let ip = match (self.addr, ip) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => ip,
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -447,6 +453,10 @@ mod tests {
         assert!(net.contains("::ffff:10.1.0.9".parse().expect("ip")));
         let any: IpNet = "0.0.0.0/0".parse().expect("cidr");
         assert!(any.contains("192.0.2.1".parse().expect("ip")));
+        let mapped: IpNet = "::ffff:10.0.0.0/104".parse().expect("cidr");
+        assert!(mapped.contains("10.9.8.7".parse().expect("ip")));
+        assert!(mapped.contains("::ffff:10.9.8.7".parse().expect("ip")));
+        assert!(!mapped.contains("11.0.0.1".parse().expect("ip")));
         let one: IpNet = "::1".parse().expect("ip");
         assert!(one.contains("::1".parse().expect("ip")));
         assert!(!one.contains("::2".parse().expect("ip")));
@@ -484,11 +494,14 @@ mod props {
         }
 
         #[test]
-        fn v6_networks_match_v6_addresses_only(a in any::<[u8; 16]>(), prefix in 0u8..=128, v4 in any::<[u8; 4]>()) {
+        fn v6_networks_match_v4_addresses_by_their_mapped_form(a in any::<[u8; 16]>(), prefix in 0u8..=128, v4 in any::<[u8; 4]>()) {
             let a = Ipv6Addr::from(a);
             let net: IpNet = format!("{a}/{prefix}").parse().expect("a valid CIDR");
             prop_assert!(net.contains(IpAddr::V6(a)));
-            prop_assert!(!net.contains(IpAddr::V4(Ipv4Addr::from(v4))));
+            let v4 = Ipv4Addr::from(v4);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            let mapped = u128::from(v4.to_ipv6_mapped());
+            prop_assert_eq!(net.contains(IpAddr::V4(v4)), u128::from(a) & mask == mapped & mask);
         }
 
         #[test]

@@ -106,16 +106,21 @@ impl UpstreamAnswer {
 }
 
 /// The upgrade request as sent to the backend: the client's method and headers, `path` as
-/// the target (the sid tag already stripped), and `X-Forwarded-For` replaced by
-/// `forwarded_for`.
-pub fn request_head(req: &RequestHeader, path: &str, forwarded_for: &str) -> Vec<u8> {
+/// the target (the sid tag already stripped), `X-Forwarded-For` replaced by
+/// `forwarded_for` and `X-Real-IP` by `client` (the address this proxy resolved).
+pub fn request_head(
+    req: &RequestHeader,
+    path: &str,
+    forwarded_for: &str,
+    client: std::net::IpAddr,
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(req.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &req.headers {
-        if name == "x-forwarded-for" {
+        if name == "x-forwarded-for" || name == "x-real-ip" {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -125,6 +130,8 @@ pub fn request_head(req: &RequestHeader, path: &str, forwarded_for: &str) -> Vec
     }
     head.extend_from_slice(b"x-forwarded-for: ");
     head.extend_from_slice(forwarded_for.as_bytes());
+    head.extend_from_slice(b"\r\nx-real-ip: ");
+    head.extend_from_slice(client.to_string().as_bytes());
     head.extend_from_slice(b"\r\n\r\n");
     head
 }
@@ -416,9 +423,20 @@ mod tests {
                 .await
                 .expect("write");
         });
-        let req = RequestHeader::build("GET", b"/socket.io/?EIO=4", None).expect("req");
-        let head = request_head(&req, "/socket.io/?EIO=4&transport=websocket", "10.0.0.1");
-        assert!(head.ends_with(b"x-forwarded-for: 10.0.0.1\r\n\r\n"));
+        let mut req = RequestHeader::build("GET", b"/socket.io/?EIO=4", None).expect("req");
+        req.insert_header("x-real-ip", "6.6.6.6").expect("header");
+        let client = "10.0.0.1".parse().expect("ip");
+        let head = request_head(
+            &req,
+            "/socket.io/?EIO=4&transport=websocket",
+            "10.0.0.1",
+            client,
+        );
+        assert!(head.ends_with(b"x-forwarded-for: 10.0.0.1\r\nx-real-ip: 10.0.0.1\r\n\r\n"));
+        assert!(
+            !head.windows(7).any(|w| w == b"6.6.6.6"),
+            "the client's own x-real-ip is dropped"
+        );
         let answer = open(addr, &head, Duration::from_secs(1), Duration::from_secs(1))
             .await
             .expect("answer");

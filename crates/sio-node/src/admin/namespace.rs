@@ -25,14 +25,20 @@ pub const ALL_SOCKETS_LIMIT: usize = 10_000;
 #[derive(Debug, Clone)]
 struct NewSession(String);
 
+/// The address a log-in is counted against: `X-Real-IP` as sio-proxy sets it (the client it
+/// resolved, after its `--trust-forwarded`; a client's own is replaced), else the last
+/// `X-Forwarded-For` hop (added by the proxy in front), else the peer. Never the leftmost
+/// `X-Forwarded-For` entry, which the client writes itself.
 fn client_addr<A: Adapter>(socket: &SocketRef<A>) -> IpAddr {
     let parts = socket.req_parts();
-    parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    header("x-real-ip")
         .and_then(|v| v.trim().parse().ok())
+        .or_else(|| {
+            header("x-forwarded-for")
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        })
         .or_else(|| {
             parts
                 .extensions

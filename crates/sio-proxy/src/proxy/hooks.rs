@@ -259,6 +259,9 @@ impl ProxyHttp for SioProxy {
             }
         }
         upstream_request.insert_header("x-forwarded-for", &ctx.forwarded_for)?;
+        // the client as this proxy resolved it (after --trust-forwarded), replacing any the
+        // client sent: what a node may count per address
+        upstream_request.insert_header("x-real-ip", ctx.client_ip.to_string())?;
         Ok(())
     }
 

@@ -29,7 +29,12 @@ impl SioProxy {
         path: String,
         tagged: bool,
     ) -> Result<bool> {
-        let head = tunnel::request_head(session.req_header(), &path, &ctx.forwarded_for);
+        let head = tunnel::request_head(
+            session.req_header(),
+            &path,
+            &ctx.forwarded_for,
+            ctx.client_ip,
+        );
         loop {
             let guard = backend.track();
             let opened = tunnel::open(
