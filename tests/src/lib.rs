@@ -381,6 +381,24 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A Node.js HTTP server answering the join hook (tests/js/hook-server.mjs; rooms named
+/// `slow-*` are allowed after 2 s), and its base URL (the hook is at `/join`, the requests it
+/// saw at `/requests`).
+pub fn hook_server(test: &str) -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(workspace().join("tests").join("js"))
+        .arg("hook-server.mjs")
+        .env("PORT", port.to_string());
+    let proc = Proc::spawn("hook", cmd, log_dir(test).join("hook.log"));
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let ok = wait_until(Duration::from_secs(10), || {
+        matches!(http_get(addr, "/requests"), Ok((200, _)))
+    });
+    assert!(ok, "hook server did not start: {}", proc.log_text());
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
 /// Runs `tests/js/<script>` with Node.js and `env`, and panics with its output unless it
 /// exits 0. Returns its stdout.
 pub fn run_js(script: &str, env: &[(&str, String)]) -> String {

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use sio_tests::{
-    Cluster, MODES, Node, Proc, free_port, http_get, log_dir, metric, run_js, wait_until, workspace,
+    Cluster, MODES, Node, Proc, free_port, hook_server, http_get, log_dir, metric, run_js,
+    wait_until,
 };
 
 fn scenario(name: &str, mode: &str, env: &[(&str, String)]) -> String {
@@ -77,22 +78,6 @@ fn dashboard_is_for_admin_tokens_only() {
         ) >= 9.0,
         "{m}"
     );
-}
-
-/// A Node.js HTTP server answering the join hook (tests/js/hook-server.mjs).
-fn hook_server(test: &str) -> (Proc, String) {
-    let port = free_port();
-    let mut cmd = Command::new("node");
-    cmd.current_dir(workspace().join("tests").join("js"))
-        .arg("hook-server.mjs")
-        .env("PORT", port.to_string());
-    let proc = Proc::spawn("hook", cmd, log_dir(test).join("hook.log"));
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let ok = wait_until(Duration::from_secs(10), || {
-        matches!(http_get(addr, "/requests"), Ok((200, _)))
-    });
-    assert!(ok, "hook server did not start: {}", proc.log_text());
-    (proc, format!("http://127.0.0.1:{port}"))
 }
 
 #[test]

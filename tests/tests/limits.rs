@@ -6,11 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use std::process::Command;
-
-use sio_tests::{
-    Node, Proc, Redis, free_port, http_get, log_dir, random_prefix, run_js, wait_until, workspace,
-};
+use sio_tests::{Node, Redis, hook_server, random_prefix, run_js, wait_until};
 
 /// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
 fn rss_kib(pid: u32) -> u64 {
@@ -165,27 +161,11 @@ fn joins_beyond_the_room_limits_get_too_many_rooms_and_change_nothing() {
     eprintln!("rooms: {out}");
 }
 
-/// A Node.js HTTP server answering the join hook (tests/js/hook-server.mjs): rooms named
-/// `slow-*` are allowed after 2 s.
-fn hook_server(test: &str) -> (Proc, String) {
-    let port = free_port();
-    let mut cmd = Command::new("node");
-    cmd.current_dir(workspace().join("tests").join("js"))
-        .arg("hook-server.mjs")
-        .env("PORT", port.to_string());
-    let proc = Proc::spawn("hook", cmd, log_dir(test).join("hook.log"));
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let ok = wait_until(Duration::from_secs(10), || {
-        matches!(http_get(addr, "/requests"), Ok((200, _)))
-    });
-    assert!(ok, "hook server did not start: {}", proc.log_text());
-    (proc, format!("http://127.0.0.1:{port}/join"))
-}
-
 #[test]
 fn events_beyond_the_pending_bytes_get_overloaded() {
     let test = "limits-pending-bytes";
     let (_hook, hook) = hook_server(test);
+    let hook = format!("{hook}/join");
     let mut args = vec![
         "--max-payload",
         "100000",
