@@ -460,14 +460,6 @@ fn metered(body: Body, counter: PayloadCounter) -> Body {
     })
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// Engine.IO path served by socketioxide.
 const ENGINE_PATH: &str = "/socket.io";
 
@@ -482,8 +474,8 @@ pub async fn meter_polling(
         return next.run(req).await;
     }
     let query = req.uri().query().unwrap_or("");
-    let sid: Option<Arc<str>> = query_param(query, "sid").map(Arc::from);
-    let websocket = query_param(query, "transport") == Some("websocket");
+    let sid: Option<Arc<str>> = crate::drain::query_param(query, "sid").map(Arc::from);
+    let websocket = crate::drain::query_param(query, "transport") == Some("websocket");
     let conn = req.extensions().get::<ConnectInfo<ConnInfo>>().cloned();
     if websocket {
         let res = next.run(req).await;
