@@ -11,10 +11,10 @@ use bytes::Bytes;
 use engineioxide::Str;
 use engineioxide::handler::EngineIoHandler;
 use engineioxide::socket::{DisconnectReason as EioDisconnectReason, Socket as EioSocket};
-use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeTuple, Serializer};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
+
+use crate::args::Args;
 
 /// Ping interval the suites expect.
 pub const PING_INTERVAL: Duration = Duration::from_millis(300);
@@ -25,56 +25,19 @@ pub const MAX_PAYLOAD: u64 = 1_000_000;
 /// Connect timeout the suites expect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
-/// Every argument of an event, whatever their number and types (binary included), so they
-/// can be sent back as they came.
-#[derive(Debug, Clone, Default)]
-pub struct Args(pub Vec<rmpv::Value>);
-
-impl Serialize for Args {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // A tuple is how socketioxide's parser spreads data over several arguments.
-        let mut t = s.serialize_tuple(self.0.len())?;
-        for v in &self.0 {
-            t.serialize_element(v)?;
-        }
-        t.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Args {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Args;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("event arguments")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
-                let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<rmpv::Value>()? {
-                    out.push(v);
-                }
-                Ok(Args(out))
-            }
-        }
-        // Asking for a tuple makes the parser hand over every argument, not just the first.
-        d.deserialize_tuple(usize::MAX, V)
-    }
-}
-
 /// Connect handler of `/` and `/custom`.
 pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, TryData(auth): TryData<rmpv::Value>) {
     let auth = auth.unwrap_or(rmpv::Value::Map(Vec::new()));
     let _ = socket.emit("auth", &auth);
     socket.on(
         "message",
-        async |socket: SocketRef<A>, Data(args): Data<Args>| {
+        async |socket: SocketRef<A>, Data(args): Data<Args<rmpv::Value>>| {
             let _ = socket.emit("message-back", &args);
         },
     );
     socket.on(
         "message-with-ack",
-        async |Data(args): Data<Args>, ack: AckSender<A>| {
+        async |Data(args): Data<Args<rmpv::Value>>, ack: AckSender<A>| {
             let _ = ack.send(&args);
         },
     );

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod args;
 pub mod auth;
 pub mod chat;
 pub mod config;

@@ -272,7 +272,7 @@ async fn run<A: Adapter>(
 async fn on_emit<A: Adapter>(
     s: SocketRef<A>,
     State(admin): State<Arc<Admin>>,
-    Data(Args(a)): Data<Args>,
+    Data(Args(a)): Data<Args<serde_json::Value>>,
     ack: AckSender<A>,
 ) {
     let parsed = parse_emit(&admin, &a);
@@ -282,7 +282,7 @@ async fn on_emit<A: Adapter>(
 async fn on_join<A: Adapter>(
     s: SocketRef<A>,
     State(admin): State<Arc<Admin>>,
-    Data(Args(a)): Data<Args>,
+    Data(Args(a)): Data<Args<serde_json::Value>>,
     ack: AckSender<A>,
 ) {
     let parsed = parse_room_change(&admin, &a, true);
@@ -292,7 +292,7 @@ async fn on_join<A: Adapter>(
 async fn on_leave<A: Adapter>(
     s: SocketRef<A>,
     State(admin): State<Arc<Admin>>,
-    Data(Args(a)): Data<Args>,
+    Data(Args(a)): Data<Args<serde_json::Value>>,
     ack: AckSender<A>,
 ) {
     let parsed = parse_room_change(&admin, &a, false);
@@ -302,7 +302,7 @@ async fn on_leave<A: Adapter>(
 async fn on_disconnect_command<A: Adapter>(
     s: SocketRef<A>,
     State(admin): State<Arc<Admin>>,
-    Data(Args(a)): Data<Args>,
+    Data(Args(a)): Data<Args<serde_json::Value>>,
     ack: AckSender<A>,
 ) {
     let parsed = parse_disconnect(&admin, &a);

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::{SeqAccess, Visitor};
-use serde::ser::SerializeTuple;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// What the UI may offer; sent in `config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,40 +126,8 @@ pub struct SerializedSocket {
     pub rooms: Vec<String>,
 }
 
-/// Any number of event arguments: deserialized from, and serialized to, the separate
-/// arguments of a Socket.IO event (socketioxide treats tuples as argument lists).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Args(pub Vec<serde_json::Value>);
-
-impl Serialize for Args {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(self.0.len())?;
-        for v in &self.0 {
-            t.serialize_element(v)?;
-        }
-        t.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Args {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ArgsVisitor;
-        impl<'de> Visitor<'de> for ArgsVisitor {
-            type Value = Args;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("event arguments")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
-                let mut v = Vec::new();
-                while let Some(x) = seq.next_element()? {
-                    v.push(x);
-                }
-                Ok(Args(v))
-            }
-        }
-        d.deserialize_tuple(usize::MAX, ArgsVisitor)
-    }
-}
+/// Event arguments of the admin protocol (`Args<serde_json::Value>`).
+pub use crate::args::Args;
 
 /// An RFC 3339 date as JavaScript's `Date.toJSON()` writes it.
 pub fn iso_date(unix_ms: u64) -> String {
@@ -214,8 +180,9 @@ mod tests {
     fn args_are_separate_arguments() {
         use socketioxide_core::parser::{is_de_tuple, is_ser_tuple};
         assert!(is_ser_tuple(&Args(vec![json!(1)])));
-        assert!(is_de_tuple::<Args>());
-        let a: Args = serde_json::from_str(r#"["/", null, "ev", {"a": 1}]"#).unwrap();
+        assert!(is_de_tuple::<Args<serde_json::Value>>());
+        let a: Args<serde_json::Value> =
+            serde_json::from_str(r#"["/", null, "ev", {"a": 1}]"#).unwrap();
         assert_eq!(a.0.len(), 4);
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
