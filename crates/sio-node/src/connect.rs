@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sio_redis_adapter::log_throttle::LogThrottle;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
@@ -47,12 +48,13 @@ pub fn refuse<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, e: AuthError)
         .with_label_values(&[socket.ns(), e.reason()])
         .inc();
     // Refusals are the client's doing and may come as fast as it can connect: one line a
-    // second at INFO (with how many were left out), the rest at DEBUG; all are counted above.
-    match REFUSAL_LOG.admit() {
-        Some(suppressed) => tracing::info!(
+    // second at INFO (with how many there were since the last such line), the rest at DEBUG;
+    // all are counted above.
+    match REFUSAL_LOG.admit(1) {
+        Some(refused_since_last_line) => tracing::info!(
             ns = socket.ns(),
             reason = e.reason(),
-            suppressed,
+            refused_since_last_line,
             "connect refused: {e}"
         ),
         None => tracing::debug!(
@@ -64,51 +66,7 @@ pub fn refuse<A: Adapter>(node: &NodeState, socket: &SocketRef<A>, e: AuthError)
     e.into()
 }
 
-static REFUSAL_LOG: LogThrottle = LogThrottle::new();
-
-/// Lets one log line a second through and counts the others.
-struct LogThrottle {
-    /// Second (since the first use) of the last line let through, plus one (0: none yet).
-    last: std::sync::atomic::AtomicU64,
-    suppressed: std::sync::atomic::AtomicU64,
-    epoch: std::sync::OnceLock<std::time::Instant>,
-}
-
-impl LogThrottle {
-    const fn new() -> Self {
-        Self {
-            last: std::sync::atomic::AtomicU64::new(0),
-            suppressed: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// `Some(lines left out since the last one)` when this line may be logged.
-    fn admit(&self) -> Option<u64> {
-        let second = self
-            .epoch
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs();
-        self.admit_at(second)
-    }
-
-    fn admit_at(&self, second: u64) -> Option<u64> {
-        use std::sync::atomic::Ordering;
-        let now = second + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != now
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
+static REFUSAL_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// The session a middleware stored on the socket.
 pub fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<SocketSession>> {
@@ -196,22 +154,5 @@ where
                 attempt += 1;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod throttle_tests {
-    use super::LogThrottle;
-
-    #[test]
-    fn one_line_a_second_passes_and_the_rest_are_counted() {
-        let t = LogThrottle::new();
-        assert_eq!(t.admit_at(0), Some(0));
-        for _ in 0..1000 {
-            assert_eq!(t.admit_at(0), None);
-        }
-        assert_eq!(t.admit_at(1), Some(1000));
-        assert_eq!(t.admit_at(1), None);
-        assert_eq!(t.admit_at(5), Some(1));
     }
 }

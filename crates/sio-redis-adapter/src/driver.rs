@@ -22,7 +22,7 @@
 //!   notification catch-up) know when to look.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::keys::Keys;
+use crate::log_throttle::LogThrottle;
 use crate::metrics::{AdapterMetrics, channel_kind};
 use crate::routing::{
     BROADCAST, Interest, RequestHead, RoomInterest, RoomRouting, Routing, SEEN_CAPACITY, Seen,
@@ -69,8 +70,7 @@ struct Inner {
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
     metrics: AdapterMetrics,
     subscribed: Arc<AtomicBool>,
-    drops_since_log: AtomicU64,
-    last_drop_log: Mutex<Option<Instant>>,
+    drop_log: LogThrottle,
     keys: Keys,
     routing: RoomRouting,
     /// `{p}-room#`: every room channel starts with it.
@@ -118,8 +118,7 @@ impl SioDriver {
             handlers: RwLock::new(HashMap::new()),
             metrics,
             subscribed,
-            drops_since_log: AtomicU64::new(0),
-            last_drop_log: Mutex::new(None),
+            drop_log: LogThrottle::new(DROP_LOG_INTERVAL),
             room_prefix: keys.room_channel_prefix(),
             keys,
             routing,
@@ -369,11 +368,7 @@ impl Inner {
     fn dropped(&self, queue: &'static str, n: u64) {
         self.metrics.dropped.with_label_values(&[queue]).inc_by(n);
         self.losses.send_modify(|l| *l += 1);
-        let total = self.drops_since_log.fetch_add(n, Ordering::Relaxed) + n;
-        let mut last = lock(&self.last_drop_log);
-        if last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
-            *last = Some(Instant::now());
-            self.drops_since_log.store(0, Ordering::Relaxed);
+        if let Some(total) = self.drop_log.admit(n) {
             tracing::warn!(
                 queue,
                 dropped = total,

@@ -88,6 +88,7 @@ pub mod cluster;
 pub mod driver;
 pub mod error;
 pub mod keys;
+pub mod log_throttle;
 #[cfg(feature = "adapter")]
 pub mod memory;
 #[cfg(feature = "adapter")]
