@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::keys::Keys;
 use crate::log_throttle::LogThrottle;
-use crate::metrics::{AdapterMetrics, channel_kind};
+use crate::metrics::{AdapterMetrics, HANDLED_KINDS, LabelCounters, RECEIVED_KINDS, channel_kind};
 use crate::routing::{
     BROADCAST, Interest, RequestHead, RoomInterest, RoomRouting, Routing, SEEN_CAPACITY, Seen,
 };
@@ -69,6 +69,10 @@ struct Inner {
     publisher: Client,
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
     metrics: AdapterMetrics,
+    /// The receive path's counters, resolved once (see [`LabelCounters`]).
+    received: LabelCounters,
+    handled_useful: LabelCounters,
+    handled_wasted: LabelCounters,
     subscribed: Arc<AtomicBool>,
     drop_log: LogThrottle,
     keys: Keys,
@@ -116,6 +120,9 @@ impl SioDriver {
             subscriber,
             publisher,
             handlers: RwLock::new(HashMap::new()),
+            received: LabelCounters::new(&metrics.received, &RECEIVED_KINDS, &[]),
+            handled_useful: LabelCounters::new(&metrics.handled, &HANDLED_KINDS, &["useful"]),
+            handled_wasted: LabelCounters::new(&metrics.handled, &HANDLED_KINDS, &["wasted"]),
             metrics,
             subscribed,
             drop_log: LogThrottle::new(DROP_LOG_INTERVAL),
@@ -378,11 +385,11 @@ impl Inner {
     }
 
     fn handled(&self, kind: &'static str, useful: bool) {
-        let outcome = if useful { "useful" } else { "wasted" };
-        self.metrics
-            .handled
-            .with_label_values(&[kind, outcome])
-            .inc();
+        if useful {
+            self.handled_useful.inc(kind);
+        } else {
+            self.handled_wasted.inc(kind);
+        }
     }
 
     /// True if this node has a local member of one of `rooms` of the namespace whose
@@ -403,9 +410,10 @@ impl Inner {
         })
     }
 
-    /// Accounts for an adapter request received on `request_channel` (directly or through a
-    /// room channel) and says whether to hand it to the adapter.
-    fn account_request(&self, request_channel: &str, from_room: bool, data: &[u8]) -> bool {
+    /// Accounts for an adapter request received on `request_channel`, directly (`room` is
+    /// `None`) or through a room channel (`room`: the local members of that channel's room),
+    /// and says whether to hand it to the adapter.
+    fn account_request(&self, request_channel: &str, room: Option<usize>, data: &[u8]) -> bool {
         let Some(head) = RequestHead::decode(data) else {
             self.handled("other", false);
             return true;
@@ -422,50 +430,58 @@ impl Inner {
             self.handled(kind, false);
             return false;
         }
-        if from_room && rooms.len() > 1 && !lock(&self.seen).first(head.id) {
+        if room.is_some() && rooms.len() > 1 && !lock(&self.seen).first(head.id) {
             self.handled(kind, false);
             return false;
         }
         let targeted = head.opts.as_ref().and_then(|o| o.server_id).is_some();
-        let useful = targeted || rooms.is_empty() || self.has_members(request_channel, rooms);
+        let useful = targeted
+            || rooms.is_empty()
+            || match room {
+                // a one-room message on a room channel is for that channel's room, whose
+                // members were just read: no second look-up (nor channel name to build)
+                Some(members) if rooms.len() == 1 => members > 0,
+                _ => self.has_members(request_channel, rooms),
+            };
         self.handled(kind, useful);
         true
     }
 
     fn deliver(&self, msg: Message) {
-        let chan = msg.channel.to_string();
-        let kind = self.kind_of(&chan);
-        self.metrics.received.with_label_values(&[kind]).inc();
+        let chan: &str = &msg.channel;
+        let kind = self.kind_of(chan);
+        self.received.inc(kind);
         let Some(data) = msg.value.into_owned_bytes() else {
             tracing::debug!(chan, "non-binary pub/sub message ignored");
             return;
         };
+        // the channel the adapter reads it from, allocated once and handed over
         let target = match kind {
             "room" => {
-                let request_channel = read(&self.interest)
-                    .get(&chan)
-                    .map(|e| e.request_channel.clone());
-                let Some(request_channel) = request_channel else {
+                let room = read(&self.interest)
+                    .get(chan)
+                    .map(|e| (e.request_channel.clone(), e.members));
+                let Some((request_channel, members)) = room else {
                     // arrived after the last member left
                     self.handled("room", false);
                     return;
                 };
-                if !self.account_request(&request_channel, true, &data) {
+                if !self.account_request(&request_channel, Some(members), &data) {
                     return;
                 }
-                request_channel.to_string()
+                String::from(&*request_channel)
             }
             "request" => {
-                if !self.account_request(&chan, false, &data) {
+                if !self.account_request(chan, None, &data) {
                     return;
                 }
-                chan
+                chan.to_owned()
             }
             "response" => {
                 self.handled("other", true);
-                chan
+                chan.to_owned()
             }
-            _ => chan,
+            _ => chan.to_owned(),
         };
         let handlers = read(&self.handlers);
         let Some(tx) = handlers.get(&target) else {

@@ -175,6 +175,60 @@ impl AdapterMetrics {
     }
 }
 
+/// The children of a counter vector for a fixed list of label values, resolved once.
+///
+/// The receive path counts every Redis message two or three times; `with_label_values`
+/// would hash the labels, take the vector's lock and clone the child's `Arc` on each call.
+/// A label value outside the list still counts, through the vector.
+#[derive(Debug, Clone)]
+pub struct LabelCounters {
+    vec: IntCounterVec,
+    /// Label values after the first, the same for every child.
+    rest: Vec<&'static str>,
+    children: Vec<(&'static str, IntCounter)>,
+}
+
+impl LabelCounters {
+    /// The children of `vec` labelled `[value, rest...]` for every `value` of `values`.
+    pub fn new(vec: &IntCounterVec, values: &[&'static str], rest: &[&'static str]) -> Self {
+        let children = values
+            .iter()
+            .map(|&v| {
+                let labels: Vec<&str> = std::iter::once(v).chain(rest.iter().copied()).collect();
+                (v, vec.with_label_values(&labels))
+            })
+            .collect();
+        Self {
+            vec: vec.clone(),
+            rest: rest.to_vec(),
+            children,
+        }
+    }
+
+    /// Adds one to the child labelled `value`.
+    pub fn inc(&self, value: &str) {
+        match self.children.iter().find(|(v, _)| *v == value) {
+            Some((_, c)) => c.inc(),
+            None => {
+                let labels: Vec<&str> = std::iter::once(value)
+                    .chain(self.rest.iter().copied())
+                    .collect();
+                self.vec.with_label_values(&labels).inc();
+            }
+        }
+    }
+}
+
+/// Every kind the driver gives a message it receives: [`CHANNEL_KINDS`], `room` and `other`.
+pub const RECEIVED_KINDS: [&str; 6] = [
+    "request",
+    "response",
+    "notify",
+    "notify_reply",
+    "room",
+    "other",
+];
+
 /// Every kind [`channel_kind`] gives a channel of ours, for metrics that exist before the
 /// first message.
 pub const CHANNEL_KINDS: [&str; 4] = ["request", "response", "notify", "notify_reply"];
@@ -215,5 +269,24 @@ mod tests {
         for kind in CHANNEL_KINDS {
             assert!(kinds.contains(&kind), "{kind} is listed but never given");
         }
+    }
+
+    #[test]
+    fn label_counters_count_in_the_vector_listed_or_not() {
+        let registry = Registry::new();
+        let m = AdapterMetrics::new(&registry);
+        let handled = LabelCounters::new(&m.handled, &HANDLED_KINDS, &["wasted"]);
+        handled.inc("room");
+        handled.inc("room");
+        handled.inc("unlisted");
+        assert_eq!(m.handled.with_label_values(&["room", "wasted"]).get(), 2);
+        assert_eq!(m.handled.with_label_values(&["room", "useful"]).get(), 0);
+        assert_eq!(
+            m.handled.with_label_values(&["unlisted", "wasted"]).get(),
+            1
+        );
+        let received = LabelCounters::new(&m.received, &RECEIVED_KINDS, &[]);
+        received.inc("notify_reply");
+        assert_eq!(m.received.with_label_values(&["notify_reply"]).get(), 1);
     }
 }
