@@ -38,6 +38,7 @@ use crate::log_throttle::LogThrottle;
 use crate::metrics::{AdapterMetrics, HANDLED_KINDS, LabelCounters, RECEIVED_KINDS, channel_kind};
 use crate::routing::{
     BROADCAST, Interest, RequestHead, RoomInterest, RoomRouting, Routing, SEEN_CAPACITY, Seen,
+    request_sender,
 };
 
 /// Drops are logged at most once per this interval (they are always counted).
@@ -414,6 +415,12 @@ impl Inner {
     /// `None`) or through a room channel (`room`: the local members of that channel's room),
     /// and says whether to hand it to the adapter.
     fn account_request(&self, request_channel: &str, room: Option<usize>, data: &[u8]) -> bool {
+        if room.is_some() && self.is_own(data) {
+            // every node with members of a room gets its own messages back from the room's
+            // channel: told apart by the first field, without decoding the head
+            self.handled("room", false);
+            return false;
+        }
         let Some(head) = RequestHead::decode(data) else {
             self.handled("other", false);
             return true;
@@ -445,6 +452,13 @@ impl Inner {
             };
         self.handled(kind, useful);
         true
+    }
+
+    /// True if this node sent request `data`.
+    fn is_own(&self, data: &[u8]) -> bool {
+        self.uid
+            .get()
+            .is_some_and(|uid| request_sender(data) == Some(uid.as_str()))
     }
 
     fn deliver(&self, msg: Message) {

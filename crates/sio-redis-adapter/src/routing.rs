@@ -168,6 +168,22 @@ pub struct RequestHead {
     _ack_timeout_ms: Option<IgnoredAny>,
 }
 
+/// The sender of a request (its `node_id`), read from the first field without decoding the
+/// rest: a MessagePack fixarray whose first element is a fixstr, as socketioxide-core writes
+/// every request. `None` for anything else (the caller then decodes the head).
+pub fn request_sender(data: &[u8]) -> Option<&str> {
+    let (&array, rest) = data.split_first()?;
+    if array & 0xf0 != 0x90 {
+        return None;
+    }
+    let (&str_head, rest) = rest.split_first()?;
+    if str_head & 0xe0 != 0xa0 {
+        return None;
+    }
+    let len = usize::from(str_head & 0x1f);
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
 /// Request type of a plain broadcast.
 pub const BROADCAST: u8 = 0;
 
@@ -322,6 +338,25 @@ mod tests {
         assert_eq!(head.r#type, 4);
         assert!(head.routable_rooms().is_none());
         assert!(RequestHead::decode(b"not msgpack").is_none());
+    }
+
+    #[test]
+    fn the_sender_of_a_request_is_read_without_decoding_it() {
+        let p = packet();
+        let mut opts = BroadcastOptions::default();
+        opts.rooms = ["a".into()].into_iter().collect();
+        let uid = Uid::new();
+        let req = RequestOut::new(uid, RequestTypeOut::Broadcast(&p), &opts);
+        let bytes = rmp_serde::to_vec(&req).unwrap();
+        assert_eq!(request_sender(&bytes), Some(uid.as_str()));
+        let acks = RequestOut::new(uid, RequestTypeOut::BroadcastWithAck(&p), &opts)
+            .with_ack_timeout(Some(std::time::Duration::from_secs(1)));
+        let bytes = rmp_serde::to_vec(&acks).unwrap();
+        assert_eq!(request_sender(&bytes), Some(uid.as_str()));
+        assert_eq!(request_sender(b""), None);
+        assert_eq!(request_sender(b"not msgpack"), None);
+        assert_eq!(request_sender(&[0x96, 0xb0, b'a']), None, "cut short");
+        assert_eq!(request_sender(&[0x96, 0x01]), None, "not a string");
     }
 
     #[test]
