@@ -10,6 +10,8 @@
 mod answers;
 mod client;
 mod hooks;
+mod polling;
+mod pool;
 mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +35,9 @@ const MAX_CONNECT_ATTEMPTS: usize = 4;
 /// after which a node closes an idle keep-alive connection: a pooled connection reused just
 /// as the node closes it fails the request on it, and a polling POST is not retried.
 const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(5);
+/// Idle upstream connections of the polling path kept per backend: one per long-polling
+/// client that a burst of answers frees at once.
+const UPSTREAM_POOL_PER_BACKEND: usize = 16_384;
 
 /// Per-request behaviour of the proxy, from the configuration.
 #[derive(Clone, Debug)]
@@ -58,6 +63,8 @@ pub struct SioProxy {
     admission: Arc<Admission>,
     settings: ProxySettings,
     not_forwarded_body: Vec<u8>,
+    /// Idle connections to the nodes for the polling path.
+    pool: pool::UpstreamPool,
 }
 
 impl SioProxy {
@@ -73,6 +80,7 @@ impl SioProxy {
             metrics,
             admission,
             not_forwarded_body: forward::not_forwarded_body(&settings.forward_paths),
+            pool: pool::UpstreamPool::new(UPSTREAM_POOL_IDLE, UPSTREAM_POOL_PER_BACKEND),
             settings,
         }
     }
