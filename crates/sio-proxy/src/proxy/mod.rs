@@ -1,10 +1,13 @@
 //! The pingora [`ProxyHttp`](pingora::proxy::ProxyHttp) service: routes every request (see
 //! [`crate::routing`]), tags the sid of polling handshakes, strips it on the way in, answers
-//! Engine.IO errors itself, and turns WebSocket upgrades into raw tunnels.
+//! Engine.IO errors itself, forwards polling requests of known sessions on a lean path of its
+//! own, and turns WebSocket upgrades into raw tunnels.
 //!
 //! A request reads top to bottom through: `client` (who the client is), `hooks` (pingora's
-//! hooks in the order a request meets them), `answers` (what the proxy answers itself) and
-//! `upgrade` (a WebSocket handshake with the node, then the splice into [`crate::tunnel`]).
+//! hooks in the order a request meets them), `answers` (what the proxy answers itself),
+//! `polling` (a polling request of a known session forwarded from `request_filter` over a
+//! connection of `pool`, pingora's proxy path skipped) and `upgrade` (a WebSocket handshake
+//! with the node, then the splice into [`crate::tunnel`]).
 //! This file holds the service and the state a request carries across the hooks.
 
 mod answers;
