@@ -18,6 +18,7 @@ use super::answers::{
     TIMEOUT_BODY, client_left, respond, respond_json, respond_refused,
 };
 use super::client::client_identity;
+use super::polling;
 use super::{
     Failure, HandshakeRewrite, MAX_CONNECT_ATTEMPTS, MAX_HANDSHAKE_BODY, RequestCtx, SioProxy,
     Target, UPSTREAM_POOL_IDLE, connect_failed,
@@ -132,6 +133,14 @@ impl ProxyHttp for SioProxy {
             Route::Balanced { backend, .. } if upgrade => {
                 let path = session.req_header().uri.to_string();
                 self.open_tunnel(session, ctx, backend, path, false).await
+            }
+            Route::Session {
+                backend,
+                transport: Transport::Polling,
+                path,
+            } if polling::eligible(req) => {
+                self.forward_polling(session, ctx, backend, path, is_get)
+                    .await
             }
             Route::Session {
                 backend,

@@ -1,15 +1,20 @@
 //! The pingora [`ProxyHttp`](pingora::proxy::ProxyHttp) service: routes every request (see
 //! [`crate::routing`]), tags the sid of polling handshakes, strips it on the way in, answers
-//! Engine.IO errors itself, and turns WebSocket upgrades into raw tunnels.
+//! Engine.IO errors itself, forwards polling requests of known sessions on a lean path of its
+//! own, and turns WebSocket upgrades into raw tunnels.
 //!
 //! A request reads top to bottom through: `client` (who the client is), `hooks` (pingora's
-//! hooks in the order a request meets them), `answers` (what the proxy answers itself) and
-//! `upgrade` (a WebSocket handshake with the node, then the splice into [`crate::tunnel`]).
+//! hooks in the order a request meets them), `answers` (what the proxy answers itself),
+//! `polling` (a polling request of a known session forwarded from `request_filter` over a
+//! connection of `pool`, pingora's proxy path skipped) and `upgrade` (a WebSocket handshake
+//! with the node, then the splice into [`crate::tunnel`]).
 //! This file holds the service and the state a request carries across the hooks.
 
 mod answers;
 mod client;
 mod hooks;
+mod polling;
+mod pool;
 mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +38,9 @@ const MAX_CONNECT_ATTEMPTS: usize = 4;
 /// after which a node closes an idle keep-alive connection: a pooled connection reused just
 /// as the node closes it fails the request on it, and a polling POST is not retried.
 const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(5);
+/// Idle upstream connections of the polling path kept per backend: one per long-polling
+/// client that a burst of answers frees at once.
+const UPSTREAM_POOL_PER_BACKEND: usize = 16_384;
 
 /// Per-request behaviour of the proxy, from the configuration.
 #[derive(Clone, Debug)]
@@ -58,6 +66,8 @@ pub struct SioProxy {
     admission: Arc<Admission>,
     settings: ProxySettings,
     not_forwarded_body: Vec<u8>,
+    /// Idle connections to the nodes for the polling path.
+    pool: pool::UpstreamPool,
 }
 
 impl SioProxy {
@@ -73,6 +83,7 @@ impl SioProxy {
             metrics,
             admission,
             not_forwarded_body: forward::not_forwarded_body(&settings.forward_paths),
+            pool: pool::UpstreamPool::new(UPSTREAM_POOL_IDLE, UPSTREAM_POOL_PER_BACKEND),
             settings,
         }
     }
