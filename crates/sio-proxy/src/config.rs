@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use crate::error::ConfigError;
 use crate::forward::{DEFAULT_FORWARD_PATHS, PathPrefix};
 use crate::secret::{Secret, SecretUrl};
+use crate::uring::TunnelIo;
 
 /// Default address of the proxy listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
@@ -263,6 +264,12 @@ pub struct Config {
     /// Worker threads of the proxy (default: the number of CPUs).
     #[arg(long, env = "SIO_PROXY_THREADS")]
     pub threads: Option<NonZeroUsize>,
+
+    /// How WebSocket tunnels move bytes after the upgrade: `uring` (one io_uring thread for
+    /// every tunnel; start-up fails where the kernel refuses it), `epoll` (a tokio task per
+    /// tunnel), or `auto` (io_uring when available, else epoll).
+    #[arg(long, env = "SIO_PROXY_TUNNEL_IO", value_enum, default_value_t = TunnelIo::Auto)]
+    pub tunnel_io: TunnelIo,
 
     /// Log format (the level comes from `RUST_LOG`, default `info`).
     #[arg(long, env = "SIO_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
