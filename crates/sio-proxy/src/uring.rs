@@ -145,7 +145,6 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Sets up the ring (failing when the kernel lacks what it needs) and starts its thread.
     pub fn start() -> io::Result<Self> {
-        let ring = Ring::new()?;
         let (waker, wake_rx) = UnixStream::pair()?;
         waker.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
@@ -154,16 +153,31 @@ impl Engine {
             alive: AtomicBool::new(true),
         });
         let thread_shared = shared.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("sio-tunnel-ring".into())
             .spawn(move || {
-                let mut ring = ring;
+                // Made on its own thread: a single-issuer ring belongs to the thread that
+                // created it.
+                let mut ring = match Ring::new() {
+                    Ok(ring) => {
+                        let _ = ready_tx.send(Ok(()));
+                        ring
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 if let Err(e) = ring.run(&thread_shared, &wake_rx) {
                     tracing::error!(error = %e, "tunnel ring failed; new tunnels use epoll");
                 }
                 thread_shared.alive.store(false, Ordering::Relaxed);
                 // Its tunnels end with it: their sockets close and their owners hear of it.
             })?;
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the ring thread died at start"))??;
         Ok(Engine { shared, waker })
     }
 
@@ -332,7 +346,13 @@ struct Ring {
 
 impl Ring {
     fn new() -> io::Result<Self> {
-        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        // Completions run only when this thread asks for them (no task-work interrupts of
+        // its own, one wake-up per wait) where the kernel can (6.1+).
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::builder().build(RING_ENTRIES))?;
         if !ring.params().is_feature_fast_poll() {
             return Err(io::Error::other(
                 "io_uring without IORING_FEAT_FAST_POLL (kernel < 5.7)",
