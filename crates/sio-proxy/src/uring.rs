@@ -90,7 +90,11 @@ pub fn configure(mode: TunnelIo) -> io::Result<()> {
         }
         (None, _) => {
             tracing::info!(
-                path = if engine.is_some() { "io_uring" } else { "epoll" },
+                path = if engine.is_some() {
+                    "io_uring"
+                } else {
+                    "epoll"
+                },
                 "tunnel i/o"
             );
             Ok(())
@@ -402,7 +406,8 @@ impl Ring {
             self.submit_queued()?;
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(code) if code == EINTR || code == EBUSY) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(code) if code == EINTR || code == EBUSY) =>
+                    {}
                 Err(e) => return Err(e),
             }
             completions.clear();
@@ -415,8 +420,13 @@ impl Ring {
             for &(data, result, flags) in &completions {
                 match data {
                     WAKE => {
-                        if result < 0 && result != -ECANCELED {
+                        if result < 0 && result != -EINTR {
                             return Err(io::Error::from_raw_os_error(-result));
+                        }
+                        if result == 0 {
+                            // The engine was dropped (only tests drop theirs): stop, which
+                            // closes the tunnels left.
+                            return Ok(());
                         }
                         shared.notified.store(false, Ordering::Release);
                         let new = std::mem::take(
@@ -680,7 +690,10 @@ impl Ring {
             } else {
                 self.end(
                     slot,
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout")),
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tunnel idle timeout",
+                    )),
                 );
             }
         }
@@ -719,7 +732,6 @@ const EINTR: i32 = 4;
 const EAGAIN: i32 = 11;
 const EBUSY: i32 = 16;
 const ENOBUFS: i32 = 105;
-const ECANCELED: i32 = 125;
 const MSG_NOSIGNAL: i32 = 0x4000;
 const MSG_WAITALL: i32 = 0x100;
 

@@ -102,13 +102,16 @@ fn large_and_small_frames_cross_both_ways_and_half_closes_pass_on() {
     assert!(got_up == up, "client to node bytes differ");
     writers.join().expect("writers");
     // The other direction still works after the node's half-close.
-    client.write_all(b"still open").expect("write after half-close");
+    client
+        .write_all(b"still open")
+        .expect("write after half-close");
     let mut back = [0u8; 10];
     node.read_exact(&mut back).expect("read after half-close");
     assert_eq!(&back, b"still open");
     client.shutdown(Shutdown::Write).expect("shutdown");
     let mut rest = Vec::new();
-    node.read_to_end(&mut rest).expect("node sees the client's end");
+    node.read_to_end(&mut rest)
+        .expect("node sees the client's end");
     assert!(rest.is_empty());
     wait_end(ended, Duration::from_secs(5)).expect("clean end");
 }
@@ -181,7 +184,10 @@ fn a_slow_client_stops_the_node_instead_of_filling_the_proxy() {
         assert!(buf[..n].iter().all(|&b| b == 9));
         got += n;
     }
-    assert_eq!(got, written, "every byte written arrives once the client reads");
+    assert_eq!(
+        got, written,
+        "every byte written arrives once the client reads"
+    );
     client.shutdown(Shutdown::Write).expect("shutdown");
     wait_end(ended, Duration::from_secs(5)).expect("clean end");
 }
