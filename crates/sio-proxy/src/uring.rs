@@ -15,8 +15,11 @@
 //! - A buffer shortage (every buffer in flight) parks the direction until a send returns one.
 //!
 //! The tokio side ([`Engine::splice`]) waits for one message per tunnel: its end. The ring
-//! starts once, at start-up ([`configure`]); where the kernel refuses io_uring (an old kernel,
-//! `io_uring_disabled`, a seccomp profile) `auto` keeps the epoll [`crate::tunnel::Pipe`].
+//! starts once, at start-up ([`configure`]), with `--tunnel-io uring` or `auto`; where the
+//! kernel refuses io_uring (an old kernel, `io_uring_disabled`, a seccomp profile) `auto`
+//! keeps the epoll [`crate::tunnel::Pipe`], which is also the default: measured on loopback
+//! with 1,000 clients at 10 room messages/s, the ring cut the proxy's system calls per frame
+//! from ~2.2 to ~0.05 but not its CPU per frame (the kernel's TCP work dominates both).
 //!
 //! The only module of the workspace with `unsafe`: the kernel reads and writes the buffers
 //! and the buffer ring while operations are in flight, which the borrow checker cannot see.
@@ -102,11 +105,11 @@ pub fn configure(mode: TunnelIo) -> io::Result<()> {
     }
 }
 
-/// The io_uring engine, when [`configure`] started one (`auto` when it was never called).
+/// The io_uring engine, when [`configure`] started one (none when it was never called).
 pub fn engine() -> Option<&'static Engine> {
     ENGINE
-        .get_or_init(|| Engine::start().ok())
-        .as_ref()
+        .get()
+        .and_then(Option::as_ref)
         .filter(|e| e.shared.alive.load(Ordering::Relaxed))
 }
 
