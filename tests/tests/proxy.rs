@@ -27,7 +27,7 @@ fn proxy_for(test: &str, name: &str, c: &Cluster, extra: &[&str]) -> Proxy {
 #[test]
 fn three_hundred_clients_of_every_transport_through_one_proxy() {
     let c = Cluster::start("proxy-mixed", 3, &["--lease-ttl", "3s"]);
-    let p = proxy_for("proxy-mixed", "proxy", &c, &[]);
+    let p = proxy_for("proxy-mixed", "proxy", &c, &["--tunnel-io", "uring"]);
     let out = run_js(
         "proxy.mjs",
         &[
@@ -42,6 +42,45 @@ fn three_hundred_clients_of_every_transport_through_one_proxy() {
         metric(&m, "sio_proxy_routing_total", &[("outcome", "unknown_tag")]),
         0.0,
         "{m}"
+    );
+    // io_uring is enabled on the machines this runs on.
+    assert_eq!(tunnel_path(&p), "io_uring");
+}
+
+/// The path the proxy logged for its tunnels at start-up.
+fn tunnel_path(p: &Proxy) -> String {
+    let log = p.proc.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("tunnel i/o"))
+        .unwrap_or_else(|| panic!("no `tunnel i/o` line:\n{log}"));
+    ["io_uring", "epoll"]
+        .into_iter()
+        .find(|path| line.contains(&format!("\"{path}\"")))
+        .unwrap_or_else(|| panic!("no path in {line}"))
+        .to_owned()
+}
+
+/// `--tunnel-io epoll` (the default) forces the fallback, which carries the same mix of
+/// clients.
+#[test]
+fn the_epoll_tunnel_path_serves_when_forced() {
+    let c = Cluster::start("proxy-epoll", 2, &["--lease-ttl", "3s"]);
+    let p = proxy_for("proxy-epoll", "proxy", &c, &["--tunnel-io", "epoll"]);
+    assert_eq!(tunnel_path(&p), "epoll");
+    let out = run_js(
+        "proxy.mjs",
+        &[
+            ("SCENARIO", "mixed_clients".to_owned()),
+            ("URL", p.url()),
+            ("NODE_URLS", c.urls()),
+        ],
+    );
+    eprintln!("{out}");
+    let m = p.metrics();
+    assert!(
+        metric(&m, "sio_proxy_websocket_tunnels_total", &[]) > 0.0,
+        "no tunnel opened:\n{m}"
     );
 }
 

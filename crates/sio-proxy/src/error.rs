@@ -53,6 +53,9 @@ pub enum ProxyError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `--tunnel-io uring` on a kernel that refuses io_uring.
+    #[error("--tunnel-io uring: io_uring is unavailable here ({0}); use auto or epoll")]
+    TunnelIo(std::io::Error),
     /// The control runtime could not start.
     #[error("cannot start the control runtime: {0}")]
     Runtime(std::io::Error),

@@ -21,6 +21,7 @@ pub mod routing;
 pub mod secret;
 pub mod server;
 pub mod tunnel;
+pub mod uring;
 
 pub use config::Config;
 pub use error::ProxyError;

@@ -52,6 +52,7 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
     }
     check_bindable(config.listen)?;
     check_bindable(config.metrics_listen)?;
+    crate::uring::configure(config.tunnel_io).map_err(ProxyError::TunnelIo)?;
 
     let metrics = Arc::new(Metrics::new()?);
     let backends = Arc::new(BackendSet::new(

@@ -6,6 +6,11 @@
 //! upstream `TcpStream`, hands the 101 to the client, and then copies raw bytes both ways with
 //! [`Pipe`]: one read and one write per burst, into a stack buffer, so an idle tunnel owns no
 //! buffer at all (one is allocated only while a peer is slower than the other).
+//!
+//! [`Pipe`] is the epoll path (`--tunnel-io epoll`, the default, and `auto` where io_uring is
+//! refused): a tokio task per tunnel. With `--tunnel-io uring` the proxy hands both sockets to
+//! [`crate::uring`] instead, which copies every tunnel's bytes from one thread with batched
+//! io_uring submissions.
 
 use std::future::Future;
 use std::io;

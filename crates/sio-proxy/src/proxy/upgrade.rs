@@ -1,10 +1,14 @@
 //! A WebSocket upgrade: the proxy does the handshake with the node itself, relays a refusal,
 //! or takes the client connection from pingora and splices it to the node (see
-//! [`crate::tunnel`]).
+//! [`crate::tunnel`]): on the io_uring ring ([`crate::uring`]) when it runs, else with a
+//! tokio task per tunnel ([`Pipe`]).
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpClientStream;
+use pingora::protocols::{IO, Stream};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
@@ -18,6 +22,7 @@ use crate::gate;
 use crate::metrics::Outcome;
 use crate::routing::Transport;
 use crate::tunnel::{self, Pipe, TunnelError};
+use crate::uring;
 
 impl SioProxy {
     /// A WebSocket upgrade: handshake with the backend ourselves, then a raw tunnel.
@@ -171,6 +176,29 @@ impl SioProxy {
         // The client's admission counts live as long as its tunnel.
         let slot = ctx.slot.take();
         metrics.tunnel_opened();
+        let (downstream, upstream) = match uring::engine() {
+            Some(engine) => match detach(downstream, upstream) {
+                Ok((client, node)) => {
+                    let ended = engine.splice(client, node, idle);
+                    tokio::spawn(async move {
+                        let result = match ended {
+                            Ok(ended) => ended.await.unwrap_or_else(|_| {
+                                Err(std::io::Error::other("the tunnel ring stopped"))
+                            }),
+                            Err(e) => Err(e),
+                        };
+                        metrics.tunnel_closed();
+                        drop((guard, ticket, slot));
+                        if let Err(e) = result {
+                            tracing::debug!(backend = %backend.addr, error = %e, "tunnel closed");
+                        }
+                    });
+                    return Ok(true);
+                }
+                Err(streams) => streams,
+            },
+            None => (downstream, upstream),
+        };
         tokio::spawn(async move {
             let result = Pipe::new(downstream, upstream, idle).await;
             metrics.tunnel_closed();
@@ -181,4 +209,27 @@ impl SioProxy {
         });
         Ok(true)
     }
+}
+
+/// The two sockets of a tunnel, out of tokio's reactor, for the ring: duplicates of their
+/// descriptors (the originals close with their tokio owners, which deregister them first).
+/// A client connection that is not a plain TCP stream, or a failed `dup` (out of
+/// descriptors), leaves both where they were.
+fn detach(
+    downstream: Stream,
+    upstream: tokio::net::TcpStream,
+) -> Result<(OwnedFd, OwnedFd), (Stream, tokio::net::TcpStream)> {
+    let io: &dyn IO = &*downstream;
+    let Some(tcp) = io.as_any().downcast_ref::<TcpClientStream>() else {
+        return Err((downstream, upstream));
+    };
+    let (Ok(client), Ok(node)) = (
+        uring::dup_client(tcp),
+        upstream.as_fd().try_clone_to_owned(),
+    ) else {
+        return Err((downstream, upstream));
+    };
+    drop(downstream);
+    drop(upstream);
+    Ok((client, node))
 }
