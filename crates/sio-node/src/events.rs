@@ -109,23 +109,25 @@ impl<A: Adapter> Ev<A> {
     /// future, so local delivery and the acknowledgement happen when the rest runs: rests run
     /// one at a time in event order (see [`crate::session`]), so both keep the client's order
     /// too. The whole-process test `room_messages_pipelined_keep_their_order` checks this.
-    pub async fn after_issue<F, O>(
+    pub fn after_issue<F, O>(
         self,
         op: F,
         finish: impl FnOnce(Self, O) + Send + 'static,
-    ) -> Then
+    ) -> impl Future<Output = Then> + Send
     where
         F: Future<Output = O> + Send + 'static,
         O: Send + 'static,
     {
-        let mut op = Box::pin(op);
-        let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
-        match first {
-            Poll::Ready(outcome) => Then::later(async move { finish(self, outcome) }),
-            Poll::Pending => Then::later(async move {
-                let outcome = op.await;
-                finish(self, outcome);
-            }),
+        async move {
+            let mut op = Box::pin(op);
+            let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(outcome) => Then::later(async move { finish(self, outcome) }),
+                Poll::Pending => Then::later(async move {
+                    let outcome = op.await;
+                    finish(self, outcome);
+                }),
+            }
         }
     }
 
@@ -248,11 +250,10 @@ impl Queueing for Then {
         bytes: u64,
         max_bytes: u64,
     ) -> Result<(), QueueFull> {
-        // The job yields the rest of the event (a future, run later by the queue).
-        let job =
-            futures::FutureExt::map(job, |then| -> Pin<Box<dyn Future<Output = ()> + Send>> {
-                then.0
-            });
+        let job = async move {
+            let rest: Pin<Box<dyn Future<Output = ()> + Send>> = job.await.0;
+            rest
+        };
         queue.push_pipelined(job, bytes, max_bytes)
     }
 }

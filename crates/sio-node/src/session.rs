@@ -478,7 +478,6 @@ mod tests {
     /// Pipelined jobs start before earlier rests finish, but rests finish in event order even
     /// when their work completes in reverse; a barrier waits for every earlier rest; the bytes
     /// of an event are held until its rest finishes; at most MAX_IN_FLIGHT rests at once.
-    #[allow(clippy::async_yields_async)] // a pipelined job yields its rest, a future
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn rests_finish_in_order_and_barriers_wait_for_them() {
         use tokio::sync::oneshot;
