@@ -95,51 +95,6 @@ main({
     closeAll(...members, idle, late);
   },
 
-  // One socket sends N room-messages back to back, each with an ack (every 10th to a room it
-  // is not in, refused), without waiting for any ack: members on both nodes get the accepted
-  // ones once each, in send order; the acks (and refusals) come back in send order, and each
-  // accepted one after the sender's own copy of its message.
-  async pipelined_order() {
-    const n = Number(process.env.MESSAGES || 200); // fewer than the 256 a socket may have waiting
-    const room = uniq("pipe");
-    const sender = await on(0, uniq("sender"));
-    const members = [sender, await on(0, uniq("p0")), await on(1, uniq("p1")), await on(1, uniq("p2"))];
-    const got = members.map((s) => collect(s, "room-message"));
-    for (const s of members) assert.deepEqual(await ack(s, "join-room", room), { ok: true, room });
-    const acks = [];
-    const sent = Array.from({ length: n }, (_, i) => new Promise((resolve, reject) => {
-      const refused = i % 10 === 9;
-      const data = { room: refused ? uniq("elsewhere") : room, text: `m${i}` };
-      sender.timeout(20000).emit("room-message", data, (err, res) => {
-        if (err) return reject(err);
-        const ownCopy = res.id !== undefined && got[0].some((m) => m.id === res.id);
-        acks.push({ i, res, ownCopy });
-        resolve(res);
-      });
-    }));
-    const results = await Promise.all(sent);
-    assert.deepEqual(acks.map((a) => a.i), results.map((_, i) => i), "acks in send order");
-    const ids = [];
-    for (const [i, res] of results.entries()) {
-      if (i % 10 === 9) {
-        assert.equal(res.error?.code, "not_in_room", JSON.stringify(res));
-      } else {
-        assert.equal(typeof res.id, "string", JSON.stringify(res));
-        ids.push(res.id);
-      }
-    }
-    assert.ok(acks.every((a) => a.i % 10 === 9 || a.ownCopy), "each ack after the sender's own copy");
-    const want = ids.length;
-    await waitFor(() => got.every((g) => g.length >= want), 20000, `${want} room-messages at each member`);
-    await sleep(300); // duplicates would have arrived by now
-    for (const [r, g] of got.entries()) {
-      assert.deepEqual(g.map((m) => m.id), ids, `member ${r} (node ${r < 2 ? 0 : 1}): each once, in send order`);
-      assert.deepEqual(g.map((m) => m.text), ids.map((_, k) => `m${k + Math.floor(k / 9)}`));
-    }
-    closeAll(members);
-    return { messages: n, accepted: want };
-  },
-
   // The HTTP API emits with acks to a room whose members sit on every node.
   async acks() {
     const room = uniq("acks");

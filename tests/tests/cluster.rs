@@ -34,31 +34,6 @@ fn room_messages_cross_nodes_exactly_once() {
     }
 }
 
-/// One socket sends room messages back to back on a 2-node cluster without waiting for
-/// their acks (the node pipelines their publishes): every member on both nodes gets them
-/// once each in send order, and the acks, refusals included, come back in send order, each
-/// after the sender's own copy of its message.
-#[test]
-fn room_messages_pipelined_keep_their_order() {
-    for routing in ROUTINGS {
-        let c = Cluster::start(
-            &format!("cluster-pipelined-{routing}"),
-            2,
-            &[
-                "--adapter-routing",
-                routing,
-                "--event-rate",
-                "10000",
-                "--event-burst",
-                "1000",
-            ],
-        );
-        for mode in MODES {
-            scenario(c.urls(), "pipelined_order", mode, &[]);
-        }
-    }
-}
-
 /// Room messages on 4 nodes, members on the first two: with `rooms` routing the third node
 /// (a socket in no room) and the fourth (none until its late join) receive no room message
 /// from Redis; with `broadcast` routing the third decodes every one of them and wastes it.

@@ -56,7 +56,7 @@ struct ChatMeta<'a> {
 
 #[derive(Debug, Serialize)]
 struct RoomMessage<'a> {
-    id: &'a str,
+    id: String,
     room: &'a str,
     sender: &'a str,
     text: &'a str,
@@ -320,16 +320,11 @@ pub async fn emit_presence<A: Adapter>(
     }
 }
 
-/// Pipelined (see [`crate::events`]): the next event of the socket may start once the
-/// broadcast is issued; the ack is sent when it completes.
-async fn chat_message<A: Adapter>(
-    ev: Ev<A>,
-    data: Result<serde_json::Value, ParserError>,
-) -> events::Then {
+async fn chat_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
     let data = match data {
         Ok(d) => d,
         Err(e) => {
-            return ev.fail_later(
+            return ev.fail(
                 "invalid_payload",
                 format!("chat-message needs a JSON argument: {e}"),
             );
@@ -339,33 +334,27 @@ async fn chat_message<A: Adapter>(
     let max = ev.node.config.max_chat_bytes;
     let size = serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len());
     if size > max {
-        return ev.fail_at_limit_later(
+        return ev.fail_at_limit(
             "chat_bytes",
             "payload_too_large",
             format!("chat-message of {size} bytes; at most {max} (--max-chat-bytes)"),
         );
     }
     let Some(ns) = ev.io.of(NAMESPACE) else {
-        return ev.fail_later("unavailable", SHUTTING_DOWN);
+        return ev.fail("unavailable", SHUTTING_DOWN);
     };
     // The client's data goes out unchanged as the first argument, so existing handlers keep
     // working; the second names the sender as the server knows it, so nobody can pose as
     // another user.
-    let session = ev.session.clone();
-    let emit = async move {
-        let meta = ChatMeta {
-            sender: session.user.as_str(),
-            timestamp: timestamp(),
-        };
-        ns.emit("chat-message", &(data, meta)).await
+    let meta = ChatMeta {
+        sender: ev.session.user.as_str(),
+        timestamp: timestamp(),
     };
-    ev.after_issue(emit, |ev, res| {
-        match events::delivered(&ev.node, NAMESPACE, res) {
-            Ok(()) => ev.reply(&serde_json::json!({ "ok": true })),
-            Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
-        }
-    })
-    .await
+    let res = ns.emit("chat-message", &(data, meta)).await;
+    match events::delivered(&ev.node, NAMESPACE, res) {
+        Ok(()) => ev.reply(&serde_json::json!({ "ok": true })),
+        Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
+    }
 }
 
 async fn join_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
@@ -478,16 +467,11 @@ async fn leave_room<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, Parse
     ev.reply(&serde_json::json!({ "ok": true, "room": room }));
 }
 
-/// Pipelined (see [`crate::events`]): the next event of the socket may start once the
-/// broadcast is issued; the ack `{id}` is sent when it completes.
-async fn room_message<A: Adapter>(
-    ev: Ev<A>,
-    data: Result<serde_json::Value, ParserError>,
-) -> events::Then {
+async fn room_message<A: Adapter>(ev: Ev<A>, data: Result<serde_json::Value, ParserError>) {
     let data = match data {
         Ok(serde_json::Value::Object(o)) => o,
         Ok(_) | Err(_) => {
-            return ev.fail_later(
+            return ev.fail(
                 "invalid_payload",
                 "room-message needs an object {room, text}",
             );
@@ -496,38 +480,34 @@ async fn room_message<A: Adapter>(
     let null = serde_json::Value::Null;
     let room = match validate::room(data.get("room").unwrap_or(&null)) {
         Ok(r) => r,
-        Err(e) => return ev.fail_later(e.code(), e.to_string()),
+        Err(e) => return ev.fail(e.code(), e.to_string()),
     };
     let text = match validate::text(data.get("text").unwrap_or(&null)) {
         Ok(t) => t,
-        Err(e) => return ev.fail_later(e.code(), e.to_string()),
+        Err(e) => return ev.fail(e.code(), e.to_string()),
     };
     if !ev.session.in_room(&room) {
-        return ev.fail_later(
+        return ev.fail(
             "not_in_room",
             format!("join room {room:?} before sending to it"),
         );
     }
+    let msg = RoomMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        room: &room,
+        sender: ev.session.user.as_str(),
+        text: &text,
+        timestamp: timestamp(),
+    };
     let Some(ns) = ev.io.of(NAMESPACE) else {
-        return ev.fail_later("unavailable", SHUTTING_DOWN);
+        return ev.fail("unavailable", SHUTTING_DOWN);
     };
-    let id = uuid::Uuid::now_v7().to_string();
-    let (session, msg_id) = (ev.session.clone(), id.clone());
-    let emit = async move {
-        let msg = RoomMessage {
-            id: &msg_id,
-            room: &room,
-            sender: session.user.as_str(),
-            text: &text,
-            timestamp: timestamp(),
-        };
-        ns.to(room.clone()).emit("room-message", &msg).await
-    };
-    ev.after_issue(emit, move |ev, res| {
-        match events::delivered(&ev.node, NAMESPACE, res) {
-            Ok(()) => ev.reply(&serde_json::json!({ "id": id })),
-            Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
+    let res = ns.to(room.clone()).emit("room-message", &msg).await;
+    match events::delivered(&ev.node, NAMESPACE, res) {
+        Ok(()) => {
+            let id = msg.id.clone();
+            ev.reply(&serde_json::json!({ "id": id }));
         }
-    })
-    .await
+        Err(e) => ev.fail("unavailable", format!("message not delivered: {e}")),
+    }
 }

@@ -2,21 +2,12 @@
 //!
 //! [`on`] registers a handler whose invocations are queued on the socket's
 //! [`EventQueue`](crate::session::EventQueue) instead of being spawned, so a socket's events
-//! are handled in the order the client sent them. A handler gets an [`Ev`] and the event's
-//! first argument, parsed or with the parse error.
-//!
-//! A handler returning `()` runs alone: it starts once everything before it has finished. A
-//! handler returning a [`Then`] is *pipelined*: it issues its broadcast with
-//! [`Ev::after_issue`] (or answers with [`Ev::fail_later`]) and the socket's next event may
-//! start right away, while what the returned [`Then`] holds (the broadcast's completion, the
-//! acknowledgement) runs after that of every earlier event. See the ordering argument at
-//! [`Ev::after_issue`].
+//! are handled one at a time in the order the client sent them. A handler gets an [`Ev`] and
+//! the event's first argument, parsed or with the parse error.
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,7 +18,7 @@ use socketioxide::socket::Socket;
 use socketioxide::{BroadcastError, ParserError, SocketIo};
 use socketioxide_core::Value;
 
-use crate::session::{EventQueue, QueueFull, RateVerdict, Rest, SocketSession};
+use crate::session::{RateVerdict, SocketSession};
 use crate::state::NodeState;
 
 /// Everything an event handler needs.
@@ -68,66 +59,6 @@ impl<A: Adapter> Ev<A> {
             && let Err(e) = self.ack.send(data)
         {
             tracing::debug!(event = self.event, "ack not sent: {e}");
-        }
-    }
-
-    /// Refuses the event as [`Ev::fail`], after every earlier event of the socket has answered
-    /// (for pipelined handlers).
-    pub fn fail_later(self, code: &'static str, message: impl Into<String>) -> Then {
-        let message = message.into();
-        Then::later(async move { self.fail(code, message) })
-    }
-
-    /// Refuses the event as [`Ev::fail_at_limit`], after every earlier event of the socket
-    /// has answered (for pipelined handlers).
-    pub fn fail_at_limit_later(
-        self,
-        limit: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Then {
-        let message = message.into();
-        Then::later(async move { self.fail_at_limit(limit, code, message) })
-    }
-
-    /// Issues `op` (a broadcast) now and returns what finishes it: awaiting its outcome, then
-    /// `finish(self, outcome)` (which acknowledges), after every earlier event of the socket
-    /// has finished.
-    ///
-    /// Ordering argument. `op` is polled once here, inside the socket's running job, with the
-    /// draining task's context. For a broadcast through socketioxide-redis 0.4 that first poll
-    /// runs synchronously down to the Redis command being queued: `BroadcastOperators::emit`
-    /// serializes the packet before its future, `CustomRedisAdapter::broadcast` awaits
-    /// `send_req` first, which encodes the request and awaits our `Driver::publish`, which
-    /// (`publish_request`) awaits fred's `spublish`: `basic_request_response` builds the
-    /// command, awaits `check_blocking_policy` (ready at once: the publishing client never
-    /// blocks) and hands it to the client's router with a synchronous `try_send`, and only then
-    /// waits for the reply. The router writes its commands in the order it received them, so
-    /// publishes of one socket reach Redis, and every other node, in the order of its events
-    /// (a multi-room publish queues one command per room, in turn, on the same first poll).
-    /// socketioxide-redis delivers to local sockets after the publish completes, inside the
-    /// future, so local delivery and the acknowledgement happen when the rest runs: rests run
-    /// one at a time in event order (see [`crate::session`]), so both keep the client's order
-    /// too. The whole-process test `room_messages_pipelined_keep_their_order` checks this.
-    pub fn after_issue<F, O>(
-        self,
-        op: F,
-        finish: impl FnOnce(Self, O) + Send + 'static,
-    ) -> impl Future<Output = Then> + Send
-    where
-        F: Future<Output = O> + Send + 'static,
-        O: Send + 'static,
-    {
-        async move {
-            let mut op = Box::pin(op);
-            let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
-            match first {
-                Poll::Ready(outcome) => Then::later(async move { finish(self, outcome) }),
-                Poll::Pending => Then::later(async move {
-                    let outcome = op.await;
-                    finish(self, outcome);
-                }),
-            }
         }
     }
 
@@ -209,55 +140,6 @@ pub fn delivered(
     }
 }
 
-/// What a pipelined handler leaves to run after every earlier event of the socket has
-/// finished: made by [`Ev::after_issue`] and [`Ev::fail_later`] only, so every answer of a
-/// pipelined handler keeps the client's order.
-pub struct Then(Rest);
-
-impl Then {
-    fn later(f: impl Future<Output = ()> + Send + 'static) -> Self {
-        Then(Box::pin(f))
-    }
-}
-
-/// How a handler's future is queued: a handler returning `()` as a barrier, one returning a
-/// [`Then`] as pipelined (see the module docs).
-pub trait Queueing: Send + 'static {
-    /// Queues `job` on `queue`.
-    fn push<Fut: Future<Output = Self> + Send + 'static>(
-        queue: &Arc<EventQueue>,
-        job: Fut,
-        bytes: u64,
-        max_bytes: u64,
-    ) -> Result<(), QueueFull>;
-}
-
-impl Queueing for () {
-    fn push<Fut: Future<Output = ()> + Send + 'static>(
-        queue: &Arc<EventQueue>,
-        job: Fut,
-        bytes: u64,
-        max_bytes: u64,
-    ) -> Result<(), QueueFull> {
-        queue.push(job, bytes, max_bytes)
-    }
-}
-
-impl Queueing for Then {
-    fn push<Fut: Future<Output = Then> + Send + 'static>(
-        queue: &Arc<EventQueue>,
-        job: Fut,
-        bytes: u64,
-        max_bytes: u64,
-    ) -> Result<(), QueueFull> {
-        let job = async move {
-            let rest: Pin<Box<dyn Future<Output = ()> + Send>> = job.await.0;
-            rest
-        };
-        queue.push_pipelined(job, bytes, max_bytes)
-    }
-}
-
 /// Marker type tying a handler to its argument type.
 pub struct Ordered<T>(PhantomData<fn() -> T>);
 
@@ -275,8 +157,7 @@ where
     A: Adapter,
     T: DeserializeOwned + Send + 'static,
     F: Fn(Ev<A>, Result<T, ParserError>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: Queueing,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     fn call(&self, s: Arc<Socket<A>>, mut v: Value, ack_id: Option<i64>) {
         let bytes = value_bytes(&v);
@@ -321,12 +202,11 @@ where
             ack,
             wants_ack: ack_id.is_some(),
         };
-        if let Err(full) = Fut::Output::push(
-            &self.session.queue,
-            (self.f)(ev, data),
-            bytes,
-            config.max_pending_bytes,
-        ) {
+        if let Err(full) =
+            self.session
+                .queue
+                .push((self.f)(ev, data), bytes, config.max_pending_bytes)
+        {
             let Ok(ack) = AckSender::<A>::from_message_parts(&s, &mut v, &ack_id);
             refuse(
                 &self.node,
@@ -375,8 +255,7 @@ fn refuse<A: Adapter>(
     send_error(socket, ack, wants_ack, event, code, message);
 }
 
-/// Registers `f` for `event` on `socket`, run in order on the socket's queue (pipelined when
-/// it returns a [`Then`]).
+/// Registers `f` for `event` on `socket`, run in order on the socket's queue.
 pub fn on<A, T, F, Fut>(
     socket: &SocketRef<A>,
     io: &SocketIo<A>,
@@ -388,8 +267,7 @@ pub fn on<A, T, F, Fut>(
     A: Adapter,
     T: DeserializeOwned + Send + 'static,
     F: Fn(Ev<A>, Result<T, ParserError>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: Queueing,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     socket.on(
         event,

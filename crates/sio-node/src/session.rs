@@ -5,47 +5,21 @@
 //! `connect` may race the connect handler. Every socket of this node therefore owns an
 //! [`EventQueue`]: handlers are registered in the connect middleware (before the client sees
 //! its CONNECT), their futures are queued in arrival order, and the queue only starts once the
-//! connect handler has run. Each socket's events are thus started one at a time, in order.
-//!
-//! A *pipelined* job ([`EventQueue::push_pipelined`]) ends once it has issued its work (a
-//! Redis publish) and hands back a [`Rest`] that finishes it (awaits the publish, delivers
-//! locally, acknowledges). The next job may start while rests are in flight; rests are
-//! finished strictly one after another in the order of their events, so acknowledgements and
-//! local deliveries keep the client's order. Every other job is a *barrier*: it starts only
-//! once every earlier rest has finished, so it sees (and its answer follows) everything the
-//! events before it did.
+//! connect handler has run. Each socket's events are thus handled one at a time, in order.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
 
 use crate::auth::{Identity, UserId};
 use crate::expiry::TimerId;
 
 /// Events a socket may have waiting before new ones are refused.
 pub const MAX_QUEUED_EVENTS: usize = 256;
-/// Pipelined events of a socket whose rest may be in flight at once; the next pipelined event
-/// waits (and events beyond [`MAX_QUEUED_EVENTS`] or `--max-pending-bytes` are refused) until
-/// the oldest finishes. Their bytes count against `--max-pending-bytes` until they finish.
-pub const MAX_IN_FLIGHT: usize = 64;
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-type PipelinedJob = Pin<Box<dyn Future<Output = Rest> + Send + 'static>>;
-
-/// What a pipelined job leaves to finish once its work is issued (see the module docs).
-pub type Rest = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-enum Queued {
-    /// Starts after every earlier job and rest has finished.
-    Barrier(Job),
-    /// Starts after every earlier job; its rest finishes after every earlier rest.
-    Pipelined(PipelinedJob),
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The protected data stays consistent across a panic in a job (jobs never hold the lock
@@ -57,15 +31,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct EventQueue {
     state: Mutex<QueueState>,
-    /// Wakes the draining task, waiting for a rest, when a job is queued.
-    pushed: Notify,
 }
 
 #[derive(Default)]
 struct QueueState {
     /// Jobs with the bytes of the event each was made from.
-    jobs: VecDeque<(Queued, u64)>,
-    /// Bytes of the events queued, running or with a rest in flight.
+    jobs: VecDeque<(Job, u64)>,
+    /// Bytes of the events queued or running.
     pending_bytes: u64,
     running: bool,
     started: bool,
@@ -106,32 +78,11 @@ impl QueueFull {
 
 impl EventQueue {
     /// Queues `job`, made from an event of `bytes`, unless [`MAX_QUEUED_EVENTS`] jobs wait or
-    /// the waiting, running and in-flight ones hold `max_bytes` with it; it runs after every
-    /// job queued before it has finished (rests included), once the queue is started.
+    /// the waiting and running ones hold `max_bytes` with it; it runs after every job queued
+    /// before it, once the queue is started.
     pub fn push(
         self: &Arc<Self>,
         job: impl Future<Output = ()> + Send + 'static,
-        bytes: u64,
-        max_bytes: u64,
-    ) -> Result<(), QueueFull> {
-        self.push_bounded(Queued::Barrier(Box::pin(job)), bytes, max_bytes)
-    }
-
-    /// Queues a pipelined `job` (see the module docs), bounded as [`EventQueue::push`]: it
-    /// starts once every job queued before it has returned its rest and fewer than
-    /// [`MAX_IN_FLIGHT`] rests are in flight; the [`Rest`] it returns finishes after theirs.
-    pub fn push_pipelined(
-        self: &Arc<Self>,
-        job: impl Future<Output = Rest> + Send + 'static,
-        bytes: u64,
-        max_bytes: u64,
-    ) -> Result<(), QueueFull> {
-        self.push_bounded(Queued::Pipelined(Box::pin(job)), bytes, max_bytes)
-    }
-
-    fn push_bounded(
-        self: &Arc<Self>,
-        job: Queued,
         bytes: u64,
         max_bytes: u64,
     ) -> Result<(), QueueFull> {
@@ -143,119 +94,61 @@ impl EventQueue {
             return Err(QueueFull::Bytes(max_bytes));
         }
         s.pending_bytes += bytes;
-        s.jobs.push_back((job, bytes));
-        self.wake(&mut s);
+        s.jobs.push_back((Box::pin(job), bytes));
+        if s.started && !s.running {
+            s.running = true;
+            tokio::spawn(self.clone().drain());
+        }
         Ok(())
     }
 
-    /// Queues `job` whatever the queue length (for the node's own bookkeeping jobs), as a
-    /// barrier.
+    /// Queues `job` whatever the queue length (for the node's own bookkeeping jobs).
     pub fn push_always(self: &Arc<Self>, job: impl Future<Output = ()> + Send + 'static) {
         let mut s = lock(&self.state);
-        s.jobs.push_back((Queued::Barrier(Box::pin(job)), 0));
-        self.wake(&mut s);
+        s.jobs.push_back((Box::pin(job), 0));
+        if s.started && !s.running {
+            s.running = true;
+            tokio::spawn(self.clone().drain());
+        }
     }
 
     /// Queues `job` before every queued job (the connect handler's own work, which must run
     /// before the events the client sent meanwhile).
     pub fn push_front(self: &Arc<Self>, job: impl Future<Output = ()> + Send + 'static) {
         let mut s = lock(&self.state);
-        s.jobs.push_front((Queued::Barrier(Box::pin(job)), 0));
-        self.wake(&mut s);
+        s.jobs.push_front((Box::pin(job), 0));
+        if s.started && !s.running {
+            s.running = true;
+            tokio::spawn(self.clone().drain());
+        }
     }
 
     /// Lets queued and future jobs run.
     pub fn start(self: &Arc<Self>) {
         let mut s = lock(&self.state);
         s.started = true;
-        if !s.jobs.is_empty() {
-            self.wake(&mut s);
-        }
-    }
-
-    /// A job was queued: starts the draining task, or wakes it if it waits for a rest.
-    fn wake(self: &Arc<Self>, s: &mut QueueState) {
-        if !s.started {
-            return;
-        }
-        if s.running {
-            // stores a permit if the task is not waiting now: it re-checks the jobs anyway
-            self.pushed.notify_one();
-        } else {
+        if !s.running && !s.jobs.is_empty() {
             s.running = true;
             tokio::spawn(self.clone().drain());
         }
     }
 
-    /// Runs the jobs in order, finishing rests in order meanwhile. Stops when no job waits
-    /// and no rest is in flight (a socket gone with rests in flight thus keeps this task only
-    /// until they finish: each awaits one Redis command, bounded by the command timeout).
     async fn drain(self: Arc<Self>) {
-        let mut rests: VecDeque<(Rest, u64)> = VecDeque::new();
         loop {
-            std::future::poll_fn(|cx| {
-                self.finish_ready(&mut rests, cx);
-                Poll::Ready(())
-            })
-            .await;
-            let next = {
+            let (job, bytes) = {
                 let mut s = lock(&self.state);
-                let may_start = match s.jobs.front() {
-                    Some((Queued::Barrier(_), _)) => rests.is_empty(),
-                    Some((Queued::Pipelined(_), _)) => rests.len() < MAX_IN_FLIGHT,
-                    None => false,
-                };
-                if may_start {
-                    s.jobs.pop_front()
-                } else if s.jobs.is_empty() && rests.is_empty() {
-                    s.running = false;
-                    return;
-                } else {
-                    None
+                match s.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        s.running = false;
+                        return;
+                    }
                 }
             };
-            match next {
-                Some((Queued::Barrier(job), bytes)) => {
-                    job.await;
-                    self.release(bytes);
-                }
-                Some((Queued::Pipelined(job), bytes)) => rests.push_back((job.await, bytes)),
-                None => {
-                    // a rest is in flight (else the job would have started or the task
-                    // stopped): wait for it to finish or for a new job
-                    let pushed = self.pushed.notified();
-                    let mut pushed = std::pin::pin!(pushed);
-                    std::future::poll_fn(|cx| {
-                        let before = rests.len();
-                        self.finish_ready(&mut rests, cx);
-                        if rests.len() < before || pushed.as_mut().poll(cx).is_ready() {
-                            Poll::Ready(())
-                        } else {
-                            Poll::Pending
-                        }
-                    })
-                    .await;
-                }
-            }
+            job.await;
+            let mut s = lock(&self.state);
+            s.pending_bytes = s.pending_bytes.saturating_sub(bytes);
         }
-    }
-
-    /// Finishes the oldest rests until one is still pending. Only the oldest is ever polled,
-    /// so a rest's effects (local delivery, acknowledgement) follow those of every earlier one.
-    fn finish_ready(&self, rests: &mut VecDeque<(Rest, u64)>, cx: &mut Context<'_>) {
-        while let Some((rest, bytes)) = rests.front_mut() {
-            if rest.as_mut().poll(cx).is_pending() {
-                return;
-            }
-            let bytes = *bytes;
-            rests.pop_front();
-            self.release(bytes);
-        }
-    }
-
-    fn release(&self, bytes: u64) {
-        let mut s = lock(&self.state);
-        s.pending_bytes = s.pending_bytes.saturating_sub(bytes);
     }
 }
 
@@ -473,87 +366,6 @@ mod tests {
         done.notified().await;
         tokio::task::yield_now().await;
         q.push(async {}, 1000, 1000).unwrap();
-    }
-
-    /// Pipelined jobs start before earlier rests finish, but rests finish in event order even
-    /// when their work completes in reverse; a barrier waits for every earlier rest; the bytes
-    /// of an event are held until its rest finishes; at most MAX_IN_FLIGHT rests at once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn rests_finish_in_order_and_barriers_wait_for_them() {
-        use tokio::sync::oneshot;
-        let q = Arc::new(EventQueue::default());
-        q.start();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let n = MAX_IN_FLIGHT + 8;
-        let mut completions = Vec::new();
-        for i in 0..n {
-            let (tx, rx) = oneshot::channel::<()>();
-            completions.push(tx);
-            let log = log.clone();
-            q.push_pipelined(
-                async move {
-                    log.lock().unwrap().push(format!("start {i}"));
-                    let rest: Rest = Box::pin(async move {
-                        let _ = rx.await;
-                        log.lock().unwrap().push(format!("rest {i}"));
-                    });
-                    rest
-                },
-                10,
-                u64::MAX,
-            )
-            .unwrap();
-        }
-        let barrier_log = log.clone();
-        q.push(
-            async move { barrier_log.lock().unwrap().push("barrier".into()) },
-            1,
-            u64::MAX,
-        )
-        .unwrap();
-        // the first MAX_IN_FLIGHT start without waiting for any rest, then the queue waits
-        let started = |log: &Mutex<Vec<String>>| {
-            log.lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.starts_with("start"))
-                .count()
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while started(&log) < MAX_IN_FLIGHT && Instant::now() < deadline {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(started(&log), MAX_IN_FLIGHT, "in flight bounded");
-        assert_eq!(
-            lock(&q.state).pending_bytes,
-            n as u64 * 10 + 1,
-            "bytes held while in flight"
-        );
-        // complete the work in reverse order: the rests still finish in event order
-        for tx in completions.into_iter().rev() {
-            let _ = tx.send(());
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !log.lock().unwrap().iter().any(|l| l == "barrier") && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let log = log.lock().unwrap().clone();
-        let rests: Vec<String> = log
-            .iter()
-            .filter(|l| l.starts_with("rest"))
-            .cloned()
-            .collect();
-        assert_eq!(
-            rests,
-            (0..n).map(|i| format!("rest {i}")).collect::<Vec<_>>()
-        );
-        assert_eq!(log.last().map(String::as_str), Some("barrier"), "{log:?}");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while lock(&q.state).pending_bytes > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(lock(&q.state).pending_bytes, 0, "every byte released");
     }
 
     #[test]

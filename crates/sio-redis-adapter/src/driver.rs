@@ -74,8 +74,6 @@ struct Inner {
     received: LabelCounters,
     handled_useful: LabelCounters,
     handled_wasted: LabelCounters,
-    /// `metrics.published` by kind, resolved once instead of on every publish.
-    published: LabelCounters,
     subscribed: Arc<AtomicBool>,
     drop_log: LogThrottle,
     keys: Keys,
@@ -126,7 +124,6 @@ impl SioDriver {
             received: LabelCounters::new(&metrics.received, &RECEIVED_KINDS, &[]),
             handled_useful: LabelCounters::new(&metrics.handled, &HANDLED_KINDS, &["useful"]),
             handled_wasted: LabelCounters::new(&metrics.handled, &HANDLED_KINDS, &["wasted"]),
-            published: LabelCounters::new(&metrics.published, &RECEIVED_KINDS, &[]),
             metrics,
             subscribed,
             drop_log: LogThrottle::new(DROP_LOG_INTERVAL),
@@ -346,7 +343,7 @@ impl Inner {
         let kind = self.kind_of(chan);
         match self.publisher.spublish::<u64, _, _>(chan, payload).await {
             Ok(n) => {
-                self.published.inc(kind);
+                self.metrics.published.with_label_values(&[kind]).inc();
                 Ok(n)
             }
             Err(e) => {
