@@ -28,6 +28,18 @@ fn proxy_for(test: &str, name: &str, c: &Cluster, extra: &[&str]) -> Proxy {
 fn three_hundred_clients_of_every_transport_through_one_proxy() {
     let c = Cluster::start("proxy-mixed", 3, &["--lease-ttl", "3s"]);
     let p = proxy_for("proxy-mixed", "proxy", &c, &["--tunnel-io", "uring"]);
+    let m = mixed_clients(&p, &c);
+    assert_eq!(
+        metric(&m, "sio_proxy_routing_total", &[("outcome", "unknown_tag")]),
+        0.0,
+        "{m}"
+    );
+    // io_uring is enabled on the machines this runs on.
+    assert_eq!(tunnel_path(&p), "io_uring");
+}
+
+/// Runs the mix of 300 clients of every transport through `p`; the proxy's metrics after it.
+fn mixed_clients(p: &Proxy, c: &Cluster) -> String {
     let out = run_js(
         "proxy.mjs",
         &[
@@ -37,14 +49,7 @@ fn three_hundred_clients_of_every_transport_through_one_proxy() {
         ],
     );
     eprintln!("{out}");
-    let m = p.metrics();
-    assert_eq!(
-        metric(&m, "sio_proxy_routing_total", &[("outcome", "unknown_tag")]),
-        0.0,
-        "{m}"
-    );
-    // io_uring is enabled on the machines this runs on.
-    assert_eq!(tunnel_path(&p), "io_uring");
+    p.metrics()
 }
 
 /// The path the proxy logged for its tunnels at start-up.
@@ -68,16 +73,7 @@ fn the_epoll_tunnel_path_serves_when_forced() {
     let c = Cluster::start("proxy-epoll", 2, &["--lease-ttl", "3s"]);
     let p = proxy_for("proxy-epoll", "proxy", &c, &["--tunnel-io", "epoll"]);
     assert_eq!(tunnel_path(&p), "epoll");
-    let out = run_js(
-        "proxy.mjs",
-        &[
-            ("SCENARIO", "mixed_clients".to_owned()),
-            ("URL", p.url()),
-            ("NODE_URLS", c.urls()),
-        ],
-    );
-    eprintln!("{out}");
-    let m = p.metrics();
+    let m = mixed_clients(&p, &c);
     assert!(
         metric(&m, "sio_proxy_websocket_tunnels_total", &[]) > 0.0,
         "no tunnel opened:\n{m}"
