@@ -120,25 +120,45 @@ pub fn request_head(
     client: std::net::IpAddr,
 ) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
+    write_request_head(
+        &mut head,
+        req,
+        path,
+        &["x-forwarded-for", "x-real-ip"],
+        forwarded_for,
+        &client.to_string(),
+    );
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Writes the request line and headers of a request forwarded to a node, without the blank
+/// line that ends the head: the client's method, `target`, its headers except those named in
+/// `skip` (lower case; `x-forwarded-for` and `x-real-ip` belong there), then `X-Forwarded-For:
+/// forwarded_for` and `X-Real-IP: real_ip`. The upgrade and the polling path both send it.
+pub fn write_request_head(
+    head: &mut Vec<u8>,
+    req: &RequestHeader,
+    target: &str,
+    skip: &[&str],
+    forwarded_for: &str,
+    real_ip: &str,
+) {
     head.extend_from_slice(req.method.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
-        if name == "x-forwarded-for" || name == "x-real-ip" {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
+    let headers = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let own = [
+        ("x-forwarded-for", forwarded_for.as_bytes()),
+        ("x-real-ip", real_ip.as_bytes()),
+    ];
+    for (name, value) in headers.filter(|(n, _)| !skip.contains(n)).chain(own) {
+        head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(b"x-forwarded-for: ");
-    head.extend_from_slice(forwarded_for.as_bytes());
-    head.extend_from_slice(b"\r\nx-real-ip: ");
-    head.extend_from_slice(client.to_string().as_bytes());
-    head.extend_from_slice(b"\r\n\r\n");
-    head
 }
 
 /// Connects to `addr`, sends `head`, and reads the answer head.

@@ -75,25 +75,14 @@ pub(super) fn request_head(
     body_len: u64,
 ) -> Vec<u8> {
     let mut head = Vec::with_capacity(256 + target.len() + forwarded_for.len());
-    head.extend_from_slice(req.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
-        if NOT_FORWARDED.contains(&name.as_str()) {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in [("x-forwarded-for", forwarded_for), ("x-real-ip", real_ip)] {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    crate::tunnel::write_request_head(
+        &mut head,
+        req,
+        target,
+        &NOT_FORWARDED,
+        forwarded_for,
+        real_ip,
+    );
     if body_len > 0 || req.method == http::Method::POST {
         head.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
     }
